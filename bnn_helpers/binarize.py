@@ -252,14 +252,23 @@ def reference_sign_approx(x: torch.Tensor) -> torch.Tensor:
     return forward.detach() - poly.detach() + poly
 
 
+def _clip_inclusive(x: torch.Tensor) -> torch.Tensor:
+    """``clamp(x, -1, 1)`` whose gradient is 1 on the closed interval [-1, 1].
+
+    Recent torch releases give ``torch.clamp`` a zero gradient exactly at the
+    bounds; the estimators are defined with ``|x| <= 1``, so say it explicitly.
+    """
+    return torch.where(x.abs() <= 1, x, torch.sign(x).detach())
+
+
 def reference_sign_ste(x: torch.Tensor) -> torch.Tensor:
-    clipped = torch.clamp(x, -1.0, 1.0)
+    clipped = _clip_inclusive(x)
     return torch.sign(x).detach() - clipped.detach() + clipped
 
 
 def reference_binarize_weight(w: torch.Tensor) -> torch.Tensor:
     scale = w.abs().mean(dim=_channel_dims(w), keepdim=True).detach()
-    clipped = torch.clamp(w, -1.0, 1.0)
+    clipped = _clip_inclusive(w)
     return (scale * torch.sign(w)).detach() - clipped.detach() + clipped
 
 
