@@ -1,0 +1,493 @@
+"""Diagnostics of binary networks: signal propagation, weight statistics, flips.
+
+Works on any model that exposes ``model.stem``, ``model.blocks`` (ordered) and
+``model.head``, as every network of :mod:`bnn_helpers.models` does.
+
+Signal propagation (Brock et al. 2021, arXiv 2101.08692; DESIGN.md §4)
+    :func:`signal_propagation` -> one row per stem / block / head with
+    ``avg_sq_mean`` (mean over channels of the squared channel mean),
+    ``avg_var`` (mean over channels of the channel variance), the variance of
+    the residual branches before ``alpha`` and the share of +1 among the
+    outputs of every sign in the block. The head row holds the logits, whose
+    ``avg_var`` is the variance across inputs (:func:`logit_variance`).
+
+Weights
+    :func:`sign_layers` (the convs whose weights are, or in step 2 will be,
+    binary), :func:`latent_weight_values`, :func:`weight_sign_balance`,
+    :func:`flip_ratio` / :func:`flip_ratio_per_layer` between two state dicts,
+    :func:`gradient_norms`, :func:`agc_clipped_share` (read-only AGC share).
+
+Training
+    :class:`StatsRecorder` — the engine's callback that writes ``stats.csv``.
+
+Every function that hooks a model removes its hooks before returning, also
+when the forward raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from timm.utils.agc import unitwise_norm
+
+from .layers import RSign, is_binary_conv
+
+__all__ = [
+    "channel_statistics",
+    "signal_propagation",
+    "logit_variance",
+    "sign_layers",
+    "binary_sign",
+    "latent_weight_values",
+    "weight_sign_balance",
+    "flip_ratio_per_layer",
+    "flip_ratio",
+    "gradient_norms",
+    "agc_clipped_share",
+    "StatsRecorder",
+    "STATS_COLUMNS",
+]
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel/DataParallel or torch.compile wrapper."""
+    while True:
+        for attribute in ("module", "_orig_mod"):
+            inner = getattr(model, attribute, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            return model
+
+
+def _check_model(model: nn.Module) -> None:
+    missing = [a for a in ("stem", "blocks", "head") if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"{type(model).__name__} lacks {', '.join(missing)}; the diagnostics need "
+                        "a model with .stem, .blocks and .head (see bnn_helpers.create_model)")
+
+
+@contextlib.contextmanager
+def _hooks():
+    """Collects hook handles and removes all of them on exit, even after an exception."""
+    handles: list = []
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _buffers_restored(model: nn.Module):
+    """A train-mode forward updates BN running statistics; put them back afterwards."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+
+
+def _per_channel(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel means and (biased) variances of ``(N, C, ...)`` over every dim but 1."""
+    t = t.detach().float()
+    dims = tuple(d for d in range(t.dim()) if d != 1)
+    var, mean = torch.var_mean(t, dim=dims, correction=0)
+    return mean, var
+
+
+def channel_statistics(t: torch.Tensor) -> tuple[float, float]:
+    """``(avg_sq_mean, avg_var)`` of an ``(N, C, H, W)`` or ``(N, C)`` tensor.
+
+    Mean over channels of (channel mean over N, H, W)², and mean over channels
+    of the channel variance over N, H, W (biased, as BatchNorm normalizes).
+    """
+    if t.dim() < 2:
+        raise ValueError(f"channel_statistics needs a tensor (N, C, ...), got shape {tuple(t.shape)}")
+    mean, var = _per_channel(t)
+    return float(mean.pow(2).mean()), float(var.mean())
+
+
+def _branch_norms(block: nn.Module) -> dict[str, list[nn.Module]]:
+    """Modules whose OUTPUT is a residual branch before ``alpha``.
+
+    ReActNet-A: ``norm1`` (half 1), ``norm2[i]`` (half 2); ReActNet-18: ``norm``.
+    They are ``nn.Identity`` placeholders without BN, so the hook point exists
+    in every mode.
+    """
+    points: dict[str, list[nn.Module]] = {}
+    if isinstance(getattr(block, "norm1", None), nn.Module):
+        points["branch_var"] = [block.norm1]
+    elif isinstance(getattr(block, "norm", None), nn.Module):
+        points["branch_var"] = [block.norm]
+    norm2 = getattr(block, "norm2", None)
+    if isinstance(norm2, nn.Module):
+        points["branch_var2"] = list(norm2) if isinstance(norm2, nn.ModuleList) else [norm2]
+    return points
+
+
+# --------------------------------------------------------------------------
+# signal propagation
+# --------------------------------------------------------------------------
+def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
+    """Signal-propagation table of ``model`` on the batch ``x``.
+
+    Rows: ``stem``, ``block1`` ... ``blockN``, ``head`` (the logits). Columns:
+    ``position`` (0 = stem), ``name``, ``channels``, ``height``, ``width``,
+    ``avg_sq_mean``, ``avg_var``, ``branch_var`` (first residual branch before
+    ``alpha``), ``branch_var2`` (second half of a ReActNet-A block, both 1x1
+    convs together when the block doubles its channels), ``sign_balance1``,
+    ``sign_balance2``, ... (share of +1 among the outputs of the k-th RSign of
+    the block; note ``sign(0) = 0`` counts as not +1).
+
+    Runs under ``torch.no_grad`` in whatever train/eval mode the caller set.
+    The paper's measurement (DESIGN.md §4) uses **train mode**: BN then
+    normalizes with the statistics of ``x``. BN running statistics touched by
+    a train-mode forward are restored afterwards, and every hook is removed.
+    """
+    model = _unwrap(model)
+    _check_model(model)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"signal_propagation needs a tensor batch, got {type(x).__name__}")
+    if x.shape[0] < 2:
+        raise ValueError("signal_propagation needs a batch of at least 2 inputs "
+                         "(variances over the batch are undefined for one input)")
+
+    points = [("stem", model.stem)] + [(f"block{i + 1}", b) for i, b in enumerate(model.blocks)]
+    rows = [{"position": i, "name": name} for i, (name, _) in enumerate(points)]
+    rows.append({"position": len(points), "name": "head"})
+    branch_vars: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+    def output_hook(row):
+        def hook(module, inputs, output):
+            mean, var = _per_channel(output)
+            row.update(channels=output.shape[1],
+                       height=output.shape[2] if output.dim() == 4 else 1,
+                       width=output.shape[3] if output.dim() == 4 else 1,
+                       avg_sq_mean=float(mean.pow(2).mean()), avg_var=float(var.mean()))
+        return hook
+
+    def branch_hook(key):
+        def hook(module, inputs, output):
+            branch_vars.setdefault(key, []).append(_per_channel(output)[1])
+        return hook
+
+    def sign_hook(row, column):
+        def hook(module, inputs, output):
+            row[column] = float((output > 0).float().mean())
+        return hook
+
+    with _hooks() as handles, _buffers_restored(model), torch.no_grad():
+        for (i, (_, module)), row in zip(enumerate(points), rows):
+            handles.append(module.register_forward_hook(output_hook(row)))
+            if i == 0:
+                continue
+            for column, norms in _branch_norms(module).items():
+                for norm in norms:
+                    handles.append(norm.register_forward_hook(branch_hook((i, column))))
+            signs = [m for m in module.modules() if isinstance(m, RSign)]
+            for k, sign in enumerate(signs, start=1):
+                handles.append(sign.register_forward_hook(sign_hook(row, f"sign_balance{k}")))
+        handles.append(model.head.register_forward_hook(output_hook(rows[-1])))
+        model(x)
+
+    for (i, column), variances in branch_vars.items():
+        rows[i][column] = float(torch.cat(variances).mean())
+    table = pd.DataFrame(rows)
+    ordered = ["position", "name", "channels", "height", "width", "avg_sq_mean", "avg_var",
+               "branch_var", "branch_var2"]
+    signs = sorted((c for c in table.columns if c.startswith("sign_balance")),
+                   key=lambda c: int(c[len("sign_balance"):]))
+    for column in ordered:
+        if column not in table:
+            table[column] = np.nan
+    return table[ordered + signs]
+
+
+def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
+    """Variance of the logits across the inputs of ``x`` (mean over classes).
+
+    ~0 means the network answers the same for every input (DESIGN.md §4: the
+    published ReActNet-A without BN at initialisation). Same mode/buffer rules
+    as :func:`signal_propagation`.
+    """
+    with _buffers_restored(model), torch.no_grad():
+        logits = model(x)
+    if logits.shape[0] < 2:
+        raise ValueError("logit_variance needs a batch of at least 2 inputs")
+    return channel_statistics(logits)[1]
+
+
+# --------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------
+def sign_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Convolutions whose weight signs matter: ``{parameter name of the weight: conv}``.
+
+    The binary convs of the model; in step 1 (no binary conv) the convs inside
+    ``model.blocks``, whose latent weights step 2 binarizes. Names are those
+    of the unwrapped model (without a DDP ``module.`` prefix).
+    """
+    model = _unwrap(model)
+    named = dict(model.named_modules())
+    layers = {f"{n}.weight": m for n, m in named.items() if is_binary_conv(m)}
+    if not layers and hasattr(model, "blocks"):
+        layers = {f"blocks.{n}.weight": m for n, m in model.blocks.named_modules()
+                  if isinstance(m, nn.Conv2d)}
+    return layers
+
+
+def binary_sign(weight: torch.Tensor, standardized: bool) -> torch.Tensor:
+    """The sign the binary conv uses: ``sign(w - mean per out channel)`` if standardized, else ``sign(w)``."""
+    w = weight.detach()
+    if standardized:
+        w = w - w.mean(dim=tuple(range(1, w.dim())), keepdim=True)
+    return torch.sign(w)
+
+
+def _standardized_flags(model: nn.Module | None, names) -> dict[str, bool]:
+    if model is not None:
+        return {n: bool(getattr(m, "standardized", False)) for n, m in sign_layers(model).items()}
+    if names is None:
+        raise ValueError("pass model= (to find the binary convs) or names= "
+                         "({weight name: standardized?} or a list of names)")
+    if isinstance(names, Mapping):
+        return {n: bool(s) for n, s in names.items()}
+    return {n: False for n in names}
+
+
+def latent_weight_values(model: nn.Module, layers: str = "sign") -> dict[str, np.ndarray]:
+    """Latent weight values per layer, flattened, for histograms.
+
+    ``layers="sign"``: the layers of :func:`sign_layers`; ``"conv"``: every conv.
+    """
+    if layers == "sign":
+        chosen = sign_layers(model)
+    elif layers == "conv":
+        chosen = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    else:
+        raise ValueError(f"layers must be 'sign' or 'conv', got {layers!r}")
+    return {n: m.weight.detach().float().cpu().flatten().numpy() for n, m in chosen.items()}
+
+
+def weight_sign_balance(model: nn.Module) -> pd.DataFrame:
+    """Per sign layer: ``name``, ``numel``, ``positive_share`` (share of +1 binary weights)."""
+    rows = []
+    for name, conv in sign_layers(model).items():
+        signs = binary_sign(conv.weight, getattr(conv, "standardized", False))
+        rows.append({"name": name, "numel": signs.numel(),
+                     "positive_share": float((signs > 0).float().mean())})
+    return pd.DataFrame(rows, columns=["name", "numel", "positive_share"])
+
+
+def flip_ratio_per_layer(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
+                         model: nn.Module | None = None, names=None) -> pd.DataFrame:
+    """Per binary layer: ``name``, ``numel``, ``flips``, ``flip_ratio`` between two state dicts.
+
+    The layers and whether their sign is taken after standardization come
+    from ``model`` (:func:`sign_layers`) or from ``names``.
+    """
+    rows = []
+    for name, standardized in _standardized_flags(model, names).items():
+        if name not in before or name not in after:
+            raise KeyError(f"{name!r} missing from a state dict; pass the model the state dicts came from")
+        if before[name].shape != after[name].shape:
+            raise ValueError(f"{name!r}: shapes differ ({tuple(before[name].shape)} vs "
+                             f"{tuple(after[name].shape)})")
+        old = binary_sign(before[name], standardized)
+        new = binary_sign(after[name].to(old.device), standardized)
+        flips = int((old != new).sum())
+        rows.append({"name": name, "numel": old.numel(), "flips": flips,
+                     "flip_ratio": flips / old.numel()})
+    return pd.DataFrame(rows, columns=["name", "numel", "flips", "flip_ratio"])
+
+
+def flip_ratio(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
+               model: nn.Module | None = None, names=None) -> float:
+    """Share of binary weights whose sign differs between ``before`` and ``after``."""
+    table = flip_ratio_per_layer(before, after, model, names)
+    total = table["numel"].sum()
+    return float(table["flips"].sum() / total) if total else math.nan
+
+
+def gradient_norms(model: nn.Module) -> pd.DataFrame:
+    """Per parameter with a gradient: ``name``, ``numel``, ``grad_norm``, ``param_norm`` (L2)."""
+    rows = [{"name": n, "numel": p.numel(), "grad_norm": float(p.grad.detach().float().norm()),
+             "param_norm": float(p.detach().float().norm())}
+            for n, p in model.named_parameters() if p.grad is not None]
+    return pd.DataFrame(rows, columns=["name", "numel", "grad_norm", "param_norm"])
+
+
+def _classifier_names(model: nn.Module) -> set[str]:
+    if not hasattr(model, "get_classifier"):
+        return set()
+    ids = {id(p) for p in model.get_classifier().parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def agc_clipped_share(model: nn.Module, clip_factor: float = 0.02, eps: float = 1e-3,
+                      exclude: Iterable[str] | None = None) -> float:
+    """Share of units that AGC *would* clip now, without touching any gradient.
+
+    Same rule as ``timm.utils.adaptive_clip_grad``: a unit (a row of
+    ``unitwise_norm``) is clipped unless ``|g| < clip_factor * max(|w|, eps)``.
+    ``exclude``: parameter names or name prefixes to skip; default the
+    classifier (the paper clips every parameter except the classifier's).
+    """
+    skip = _classifier_names(model) if exclude is None else set(exclude)
+    clipped = total = 0
+    for name, p in model.named_parameters():
+        if p.grad is None or any(name == s or name.startswith(s + ".")
+                                 for s in skip):
+            continue
+        max_norm = unitwise_norm(p.detach().float()).clamp(min=eps).mul(clip_factor)
+        grad_norm = unitwise_norm(p.grad.detach().float())
+        clipped += int((~(grad_norm < max_norm)).sum())
+        total += max_norm.numel()
+    return clipped / total if total else math.nan
+
+
+# --------------------------------------------------------------------------
+# training callback
+# --------------------------------------------------------------------------
+STATS_COLUMNS = ["step", "epoch", "iteration", "optimizer_step", "flip_ratio",
+                 "weight_sign_balance", "act_sign_balance", "agc_clip_share"]
+
+
+def _is_rank_zero() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class StatsRecorder:
+    """Records binary-network statistics every ``every`` optimizer steps into ``run_dir/stats.csv``.
+
+    The engine calls, per training iteration::
+
+        recorder.before_optimizer_step(model, step, epoch, iteration)
+        optimizer.step()
+        recorder.after_optimizer_step(model, step, epoch, iteration, agc_clip_share)
+
+    and ``recorder.close()`` at the end. Columns: :data:`STATS_COLUMNS`;
+    ``optimizer_step`` counts the optimizer steps this recorder has seen
+    (1-based; the ``every``-th, 2·``every``-th, ... are recorded).
+    ``flip_ratio`` compares the signs of :func:`sign_layers` before and after
+    that optimizer step; ``weight_sign_balance`` is the share of +1 weights
+    after it; ``act_sign_balance`` is the share of +1 among every RSign output
+    of the training forward of that iteration (a forward hook is armed one
+    iteration ahead, so with ``every=1`` the first row has none: NaN).
+    Rows are appended, so step 1 and step 2 may share one file. Only rank 0
+    records.
+    """
+
+    def __init__(self, run_dir, every: int = 100):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"StatsRecorder: every must be a positive integer, got {every!r}")
+        self.path = Path(run_dir) / "stats.csv"
+        self.every = every
+        self.count = 0
+        self._enabled: bool | None = None
+        self._file = None
+        self._writer = None
+        self._hooked_model: nn.Module | None = None
+        self._hook_handles: list = []
+        self._armed = False
+        self._positive: torch.Tensor | None = None
+        self._numel = 0
+        self._signs_before: dict[str, torch.Tensor] | None = None
+
+    # -- activation signs ------------------------------------------------
+    def _sign_hook(self, module, inputs, output):
+        if self._armed and module.training:
+            positive = (output.detach() > 0).sum()
+            self._positive = positive if self._positive is None else self._positive + positive
+            self._numel += output.numel()
+
+    def _attach(self, model: nn.Module) -> None:
+        model = _unwrap(model)
+        if self._hooked_model is model:
+            return
+        self._detach()
+        self._hooked_model = model
+        self._hook_handles = [m.register_forward_hook(self._sign_hook)
+                              for m in model.modules() if isinstance(m, RSign)]
+
+    def _detach(self) -> None:
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles, self._hooked_model = [], None
+
+    def _records(self, count: int) -> bool:
+        return count % self.every == 0
+
+    # -- engine interface ----------------------------------------------------
+    def before_optimizer_step(self, model: nn.Module, step: int, epoch: int, iteration: int) -> None:
+        if self._enabled is None:
+            self._enabled = _is_rank_zero()
+        if not self._enabled:
+            return
+        self._attach(model)
+        self.count += 1
+        if self._records(self.count):
+            self._signs_before = {n: binary_sign(m.weight, getattr(m, "standardized", False)).to(torch.int8)
+                                  for n, m in sign_layers(model).items()}
+
+    def after_optimizer_step(self, model: nn.Module, step: int, epoch: int, iteration: int,
+                             agc_clip_share: float | None = None) -> None:
+        if not self._enabled:
+            return
+        if self._signs_before is not None:
+            self._write(model, step, epoch, iteration, agc_clip_share)
+            self._signs_before = None
+        # Arm the sign hooks for the forward of the next recorded iteration only.
+        self._armed = self._records(self.count + 1)
+        self._positive, self._numel = None, 0
+
+    def _write(self, model, step, epoch, iteration, agc_clip_share) -> None:
+        flips = total = positive = 0
+        for name, conv in sign_layers(model).items():
+            signs = binary_sign(conv.weight, getattr(conv, "standardized", False)).to(torch.int8)
+            flips += int((signs != self._signs_before[name]).sum())
+            positive += int((signs > 0).sum())
+            total += signs.numel()
+        act = float(self._positive) / self._numel if self._numel else math.nan
+        row = {"step": step, "epoch": epoch, "iteration": iteration, "optimizer_step": self.count,
+               "flip_ratio": flips / total if total else math.nan,
+               "weight_sign_balance": positive / total if total else math.nan,
+               "act_sign_balance": act,
+               "agc_clip_share": math.nan if agc_clip_share is None else float(agc_clip_share)}
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self._file = open(self.path, "a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=STATS_COLUMNS)
+            if new:
+                self._writer.writeheader()
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        """Remove the hooks and close ``stats.csv``."""
+        self._detach()
+        if self._file is not None:
+            self._file.close()
+        self._file = self._writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

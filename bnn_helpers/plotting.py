@@ -1,0 +1,330 @@
+"""Figures of the tutorial series, in one seaborn style.
+
+Every function takes tables (from :mod:`bnn_helpers.diagnostics` or a run
+directory's CSV files), never a model, and returns a ``matplotlib`` figure:
+
+* :func:`plot_signal_propagation` – squared channel mean and channel variance
+  per block, log scale, several variants overlaid;
+* :func:`plot_accuracy_curves` – top-1 and loss per epoch from ``summary.csv``;
+  step 2 continues after step 1, behind a dashed divider;
+* :func:`plot_training_stats` – flip ratio, sign balances, AGC share from ``stats.csv``;
+* :func:`plot_estimators` – forward and backward of every sign estimator;
+* :func:`plot_weight_histograms` – latent-weight histograms, one panel per layer.
+
+:func:`savefig` writes a PNG into the repository's ``Figs/`` with a fixed size
+and dpi and no metadata, so a regenerated figure only changes when its data do.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from .binarize import ESTIMATORS
+
+__all__ = [
+    "use_style",
+    "figs_dir",
+    "savefig",
+    "plot_signal_propagation",
+    "plot_accuracy_curves",
+    "plot_training_stats",
+    "plot_estimators",
+    "plot_weight_histograms",
+    "FIG_DPI",
+]
+
+FIG_DPI = 120
+_PANEL_SIZE = (5.0, 3.6)  # inches per panel
+
+
+def use_style() -> None:
+    """The series' style: seaborn whitegrid, colorblind palette, readable fonts."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind",
+                  rc={"figure.dpi": FIG_DPI, "savefig.dpi": FIG_DPI, "axes.titlesize": "medium",
+                      "legend.fontsize": "small", "lines.linewidth": 1.6})
+
+
+def _figure(n_panels: int, ncols: int | None = None):
+    ncols = ncols or n_panels
+    nrows = math.ceil(n_panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(_PANEL_SIZE[0] * ncols, _PANEL_SIZE[1] * nrows),
+                             squeeze=False, layout="constrained")
+    axes = axes.ravel()
+    for ax in axes[n_panels:]:
+        ax.remove()
+    return fig, list(axes[:n_panels])
+
+
+def _colors(n: int):
+    return sns.color_palette("colorblind", max(n, 1))
+
+
+# --------------------------------------------------------------------------
+# saving
+# --------------------------------------------------------------------------
+def figs_dir() -> Path:
+    """``$BNN_FIGS_DIR`` if set, else ``<repo>/Figs`` (repo = first parent of cwd with pyproject.toml)."""
+    env = os.environ.get("BNN_FIGS_DIR")
+    if env:
+        return Path(env)
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder / "Figs"
+    raise FileNotFoundError(f"no pyproject.toml above {cwd}; run inside the repository "
+                            "or set BNN_FIGS_DIR to the folder for figures")
+
+
+def savefig(fig, name: str) -> Path:
+    """Save ``fig`` as ``Figs/<name>.png`` (fixed dpi, no metadata) and return the path."""
+    if not name or Path(name).name != name:
+        raise ValueError(f"savefig: give a plain file name such as 'signal_propagation', got {name!r}")
+    suffix = Path(name).suffix.lower()
+    if suffix in {".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".tif", ".tiff", ".webp"}:
+        raise ValueError(f"savefig writes PNG only; use {Path(name).stem + '.png'!r}")
+    folder = figs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (name if suffix == ".png" else name + ".png")
+    # No "Software" entry and no tight bbox: identical data -> identical bytes.
+    fig.savefig(target, format="png", dpi=FIG_DPI, metadata={"Software": None})
+    return target
+
+
+# --------------------------------------------------------------------------
+# signal propagation
+# --------------------------------------------------------------------------
+# (column, title, y label)
+_SP_PANELS = [("avg_sq_mean", "Average channel squared mean", "mean over channels of mean² (a.u.)"),
+              ("avg_var", "Average channel variance", "mean over channels of variance (a.u.)"),
+              ("branch_var", "Residual branch (half 1) before α", "branch variance (a.u.)")]
+#: Log panels show smaller values (a BN output's mean² ~1e-20 is rounding noise) at this floor.
+_LOG_FLOOR = 1e-6
+
+
+def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch: bool = True,
+                            include_head: bool = False, title: str | None = None,
+                            linestyles: Mapping[str, str] | None = None):
+    """Signal propagation of several variants: one line per label per panel.
+
+    ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
+    Panels: squared mean, variance and (``branch=True``) first-branch variance,
+    all on a log scale, x = stem, block 1, ..., (head). Values below 1e-6 are
+    drawn at 1e-6 and zeros are left out. ``linestyles`` maps a label to a
+    matplotlib linestyle (e.g. dashed for trained networks).
+    """
+    if not tables_by_label:
+        raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
+    panels = _SP_PANELS if branch else _SP_PANELS[:2]
+    fig, axes = _figure(len(panels))
+    colors = _colors(len(tables_by_label))
+    ticks = None
+    for (label, table), color in zip(tables_by_label.items(), colors):
+        missing = {"position", "name"} | {c for c, *_ in panels}
+        missing -= set(table.columns)
+        if missing:
+            raise ValueError(f"table {label!r} lacks columns {sorted(missing)}; "
+                             "pass diagnostics.signal_propagation() tables")
+        rows = table if include_head else table[table["name"] != "head"]
+        style = (linestyles or {}).get(label, "-")
+        for ax, (column, *_) in zip(axes, panels):
+            values = rows[column].to_numpy(dtype=float)
+            # log axes cannot show 0 (e.g. the constant branches of the no-BN network).
+            values = np.where(values > 0, np.maximum(values, _LOG_FLOOR), np.nan)
+            ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
+                    linestyle=style, label=label)
+        if ticks is None or len(rows) > len(ticks[0]):
+            ticks = (rows["position"].to_list(),
+                     ["stem" if n == "stem" else "head" if n == "head" else n.replace("block", "")
+                      for n in rows["name"]])
+    for ax, (_, name, ylabel) in zip(axes, panels):
+        ax.set_yscale("log")
+        ax.set_xticks(ticks[0], ticks[1])
+        ax.set_xlabel("position (stem, block index" + (", head)" if include_head else ")"))
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+    axes[0].legend(title="variant")
+    fig.suptitle(title or "Signal propagation")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# training runs
+# --------------------------------------------------------------------------
+def _runs(run_dirs) -> dict[str, Path]:
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    if isinstance(run_dirs, Mapping):
+        runs = {str(k): Path(v) for k, v in run_dirs.items()}
+    else:
+        runs = {Path(d).name: Path(d) for d in run_dirs}
+    if not runs:
+        raise ValueError("give at least one run directory (or {label: run directory})")
+    return runs
+
+
+def _read(run: Path, file: str, columns: Sequence[str]) -> pd.DataFrame:
+    path = run / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; is {run} a training run directory?")
+    table = pd.read_csv(path)
+    missing = set(columns) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    return table
+
+
+def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list[float]]:
+    """Add ``x``: ``within`` continued across training steps, in training order.
+
+    A step whose counter restarts is shifted to begin after the previous
+    step's last ``x``. Returns the table and the x of each step boundary.
+    """
+    parts, dividers, offset = [], [], 0.0
+    for _, part in table.groupby("step", sort=True):
+        part = part.sort_values(within, kind="stable").copy()
+        shift = offset if parts and part[within].min() <= offset else 0.0
+        part["x"] = part[within].astype(float) + shift
+        if parts:
+            dividers.append((offset + float(part["x"].min())) / 2)
+        parts.append(part)
+        offset = float(part["x"].max())
+    return pd.concat(parts, ignore_index=True), dividers
+
+
+def plot_accuracy_curves(run_dirs, title: str | None = None):
+    """Top-1 and loss per epoch (train dotted, validation solid) for one or more runs.
+
+    ``run_dirs``: a path, a list of paths (labelled by folder name) or
+    ``{label: path}``; each holds ``summary.csv``. Epochs are counted across
+    both steps; a dashed grey line marks where step 2 begins.
+    """
+    columns = ["epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1"]
+    fig, (ax_acc, ax_loss) = _figure(2)
+    runs = _runs(run_dirs)
+    boundaries = set()
+    for (label, run), color in zip(runs.items(), _colors(len(runs))):
+        table = _read(run, "summary.csv", columns)
+        # A resumed run may repeat epochs: keep the last row of each.
+        table = table.drop_duplicates(["step", "epoch"], keep="last").sort_values(["step", "epoch"])
+        table["_rank"] = table.groupby("step").cumcount() + 1.0
+        table, dividers = _with_progress(table, "_rank")
+        boundaries.update(dividers)
+        for ax, metric in ((ax_acc, "top1"), (ax_loss, "loss")):
+            ax.plot(table["x"], table[f"val_{metric}"], color=color, linestyle="-",
+                    marker="o", markersize=3, label=f"{label} val")
+            ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":",
+                    label=f"{label} train")
+    for ax, ylabel, name in ((ax_acc, "top-1 accuracy (%)", "Top-1 accuracy"),
+                             (ax_loss, "loss (nats)", "Loss")):
+        for x in sorted(boundaries):
+            ax.axvline(x, color="0.5", linestyle="--", linewidth=1)
+        ax.set_xlabel("epoch (step 1, then step 2 after the dashed line)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend()
+    fig.suptitle(title or "Training curves")
+    return fig
+
+
+# (column, title, y label, log scale)
+_STATS_PANELS = [("flip_ratio", "Flip ratio", "share of binary weights flipped per step", True),
+                 ("weight_sign_balance", "Weight sign balance", "share of +1 weights", False),
+                 ("act_sign_balance", "Activation sign balance", "share of +1 activations", False),
+                 ("agc_clip_share", "AGC clipped share", "share of units clipped", False)]
+
+
+def plot_training_stats(run_dirs, title: str | None = None):
+    """Flip ratio, weight/activation sign balance and AGC clipped share over training.
+
+    Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
+    x = optimizer steps, continued across training steps 1 and 2. The flip
+    ratio is on a log scale.
+    """
+    columns = ["step", "optimizer_step"] + [c for c, *_ in _STATS_PANELS]
+    fig, axes = _figure(len(_STATS_PANELS), ncols=2)
+    runs = _runs(run_dirs)
+    boundaries = set()
+    for (label, run), color in zip(runs.items(), _colors(len(runs))):
+        table = _read(run, "stats.csv", columns)
+        table, dividers = _with_progress(table, "optimizer_step")
+        boundaries.update(dividers)
+        for ax, (column, _, _, log) in zip(axes, _STATS_PANELS):
+            values = table[column].to_numpy(dtype=float)
+            if log:
+                values = np.where(values > 0, values, np.nan)
+            ax.plot(table["x"], values, color=color, label=label)
+    for ax, (_, name, ylabel, log) in zip(axes, _STATS_PANELS):
+        for x in sorted(boundaries):
+            ax.axvline(x, color="0.5", linestyle="--", linewidth=1)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("optimizer steps (step 2 after the dashed line)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend()
+    fig.suptitle(title or "Training statistics")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# estimators and weights
+# --------------------------------------------------------------------------
+def plot_estimators(x_range: float = 2.0, points: int = 801):
+    """Forward and backward of every sign estimator in ``binarize.ESTIMATORS``.
+
+    The backward is measured with autograd on a grid. Left: ``sign(x)`` (the
+    forward of every estimator) and, dashed, the function whose derivative
+    each backward is (its integral from 0) – the surrogate the estimator
+    pretends to differentiate. Right: the backward ``d out / d x``.
+    """
+    grid = torch.linspace(-x_range, x_range, points, dtype=torch.float64)
+    fig, (ax_fwd, ax_bwd) = _figure(2)
+    ax_fwd.plot(grid, torch.sign(grid), color="black", linewidth=2.2, label="sign(x) (forward)")
+    dx = float(grid[1] - grid[0])
+    zero = int(torch.argmin(grid.abs()))
+    for (name, fn), color in zip(ESTIMATORS.items(), _colors(len(ESTIMATORS))):
+        x = grid.clone().requires_grad_(True)
+        out = fn(x)
+        if not torch.equal(out.detach(), torch.sign(grid)):
+            raise RuntimeError(f"estimator {name!r}: forward is not sign(x)")
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        grad = grad.numpy()
+        # Trapezoid integral of the backward, anchored at 0.
+        integral = np.concatenate([[0.0], np.cumsum((grad[1:] + grad[:-1]) * dx / 2)])
+        ax_fwd.plot(grid, integral - integral[zero], color=color, linestyle="--",
+                    label=f"{name}: ∫ backward")
+        ax_bwd.plot(grid, grad, color=color, label=name)
+    ax_fwd.set_title("Forward: sign and the surrogate each backward implies")
+    ax_fwd.set_ylabel("output (dimensionless)")
+    ax_bwd.set_title("Backward: gradient passed to x")
+    ax_bwd.set_ylabel("d output / d x (dimensionless)")
+    for ax in (ax_fwd, ax_bwd):
+        ax.set_xlabel("input x (dimensionless)")
+        ax.legend()
+    fig.suptitle("Sign estimators (straight-through variants)")
+    return fig
+
+
+def plot_weight_histograms(values_by_layer: Mapping[str, np.ndarray], bins: int = 60,
+                           ncols: int = 4, title: str | None = None):
+    """One histogram per layer of ``{layer name: values}`` (e.g. ``diagnostics.latent_weight_values``)."""
+    if not values_by_layer:
+        raise ValueError("plot_weight_histograms needs {layer name: values} with at least one layer")
+    n = len(values_by_layer)
+    fig, axes = _figure(n, ncols=min(ncols, n))
+    for ax, (name, values) in zip(axes, values_by_layer.items()):
+        values = np.asarray(values, dtype=float).ravel()
+        ax.hist(values, bins=bins, color=_colors(1)[0])
+        ax.set_title(name.removesuffix(".weight"), fontsize="small")
+        ax.set_xlabel("latent weight value")
+        ax.set_ylabel("count (weights)")
+    fig.suptitle(title or "Latent weights per layer")
+    return fig

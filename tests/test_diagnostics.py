@@ -1,0 +1,296 @@
+"""Known answers of bnn_helpers.diagnostics: channel statistics, flips, AGC share, StatsRecorder."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+from timm.utils.agc import adaptive_clip_grad
+
+from bnn_helpers import create_model
+from bnn_helpers import diagnostics as D
+from bnn_helpers.layers import BinaryConv2d, BinaryScaledStdConv2d, RSign
+
+
+class ToyBlock(nn.Module):
+    def __init__(self, channels, fail=False):
+        super().__init__()
+        self.act = RSign(channels)
+        self.norm = nn.Identity()
+        self.fail = fail
+
+    def forward(self, x):
+        if self.fail:
+            raise RuntimeError("boom")
+        return x + self.norm(self.act(x))
+
+
+class ToyNet(nn.Module):
+    """stem / blocks / head, like the package's models."""
+
+    def __init__(self, stem, channels=3, fail=False):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.ModuleList([ToyBlock(channels), ToyBlock(channels, fail)])
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 4))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class ToyBinaryBlock(nn.Module):
+    def __init__(self, channels, conv):
+        super().__init__()
+        self.act = RSign(channels)
+        self.conv = conv(channels, channels, 3, padding=1)
+        self.norm = nn.Identity()
+
+    def forward(self, x):
+        return x + self.norm(self.conv(self.act(x)))
+
+
+class ToyBinaryNet(ToyNet):
+    """A small binary network (for the training callback): two binary blocks."""
+
+    def __init__(self, conv, channels=8):
+        super().__init__(nn.Conv2d(3, channels, 3, padding=1), channels)
+        self.blocks = nn.ModuleList([ToyBinaryBlock(channels, conv) for _ in range(2)])
+        self.head[-1] = nn.Linear(channels, 10)
+
+
+def all_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def small(name, binary_weights=True):
+    torch.manual_seed(0)
+    return create_model(name, binary_weights=binary_weights, width_mult=0.25, num_classes=10)
+
+
+def test_after_batchnorm_in_train_mode_mean_is_zero_and_variance_one():
+    torch.manual_seed(0)
+    model = ToyNet(nn.BatchNorm2d(3)).train()
+    x = torch.randn(6, 3, 8, 8) * 5 + 3
+    table = D.signal_propagation(model, x)
+    stem = table.set_index("name").loc["stem"]
+    assert stem.avg_sq_mean == pytest.approx(0, abs=1e-10)
+    assert stem.avg_var == pytest.approx(1, abs=1e-4)
+    assert list(table["name"]) == ["stem", "block1", "block2", "head"]
+    assert "sign_balance1" in table and "branch_var" in table
+
+
+def test_constant_input_gives_squared_value_and_zero_variance():
+    model = ToyNet(nn.Identity()).eval()
+    table = D.signal_propagation(model, torch.full((4, 3, 5, 5), -1.5)).set_index("name")
+    assert table.loc["stem", "avg_sq_mean"] == pytest.approx(2.25)
+    assert table.loc["stem", "avg_var"] == 0
+    # sign(-1.5) = -1: no +1 at all; the branch is the constant -1.
+    assert table.loc["block1", "sign_balance1"] == 0
+    assert table.loc["block1", "avg_sq_mean"] == pytest.approx(2.5 ** 2)
+    assert table.loc["block1", "branch_var"] == 0
+    assert table.loc["head", "avg_var"] == pytest.approx(0, abs=1e-12)
+    assert D.logit_variance(model, torch.full((4, 3, 5, 5), -1.5)) == pytest.approx(0, abs=1e-12)
+
+
+def test_sign_balance_of_symmetric_input_is_one_half():
+    torch.manual_seed(0)
+    table = D.signal_propagation(ToyNet(nn.Identity()), torch.randn(8, 3, 16, 16))
+    assert table.loc[1, "sign_balance1"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_hooks_are_removed_also_after_an_exception():
+    model = ToyNet(nn.Identity(), fail=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        D.signal_propagation(model, torch.randn(2, 3, 4, 4))
+    assert all_hooks(model) == 0
+
+
+def test_reactnet_a_bn_table_keeps_mode_and_running_stats():
+    model = small("reactnet_a_bn").train()
+    running = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    x = torch.randn(4, 3, 32, 32)
+    table = D.signal_propagation(model, x)
+    assert model.training and all_hooks(model) == 0
+    for key, value in model.state_dict().items():
+        if key in running:
+            assert torch.equal(value, running[key]), key
+    assert len(table) == 1 + len(model.blocks) + 1
+    # BN on the branches: variance var/(var+eps) of the conv output, i.e. close to 1
+    # from the second block on (block 1's binary conv output is ~1e-4, eps 1e-5).
+    # The last block (1x1 at 32x32 input) may see only +1 signs: a constant branch, 0.
+    middle = table.iloc[2:len(model.blocks) - 1]
+    # (A branch after mostly-+1 signs varies little, so eps lowers a few values.)
+    for column in ("branch_var", "branch_var2"):
+        assert middle[column].le(1.0001).all() and middle[column].median() > 0.95
+    assert table.loc[0, "avg_var"] == pytest.approx(1, abs=1e-3)
+    model.eval()
+    D.signal_propagation(model, x)
+    assert not model.training
+    with pytest.raises(ValueError, match="expects images"):
+        D.signal_propagation(model, torch.randn(2, 1, 32, 32))
+    assert all_hooks(model) == 0
+
+
+def test_reactnet_18_has_one_branch_and_one_sign_per_block():
+    torch.manual_seed(0)
+    model = create_model("reactnet_18_bf", width_mult=0.25, num_classes=10, stem="cifar")
+    table = D.signal_propagation(model, torch.randn(4, 3, 16, 16))
+    assert table["branch_var"].iloc[1:-1].notna().all()
+    assert table["branch_var2"].isna().all()
+    assert [c for c in table if c.startswith("sign_balance")] == ["sign_balance1"]
+
+
+def test_signal_propagation_rejects_models_without_stem_blocks_head():
+    with pytest.raises(TypeError, match="stem"):
+        D.signal_propagation(nn.Linear(2, 2), torch.randn(2, 2))
+
+
+def test_flip_ratio_zero_for_identical_and_one_for_negated():
+    for name in ("reactnet_a_bf", "reactnet_a_bn"):
+        model = small(name)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        negated = {k: -v for k, v in before.items()}
+        assert D.flip_ratio(before, before, model=model) == 0
+        assert D.flip_ratio(before, negated, model=model) == 1
+
+
+def test_flip_ratio_counts_single_flips_and_takes_names():
+    model = small("reactnet_a_bn")
+    layers = D.sign_layers(model)
+    name = next(iter(layers))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    after = {k: v.clone() for k, v in before.items()}
+    after[name].view(-1)[:3] *= -1
+    total = sum(m.weight.numel() for m in layers.values())
+    assert D.flip_ratio(before, after, model=model) == pytest.approx(3 / total)
+    per_layer = D.flip_ratio_per_layer(before, after, names=[name])
+    assert per_layer.loc[0, "flips"] == 3
+    with pytest.raises(ValueError, match="model="):
+        D.flip_ratio(before, after)
+
+
+def test_standardized_sign_is_relative_to_the_channel_mean():
+    w = torch.tensor([[1.0, 2.0, 3.0, 10.0]]).view(1, 4, 1, 1)
+    assert D.binary_sign(w, standardized=True).flatten().tolist() == [-1, -1, -1, 1]
+    assert D.binary_sign(w, standardized=False).flatten().tolist() == [1, 1, 1, 1]
+
+
+def test_weight_sign_balance_at_initialisation():
+    # Latent weights start uniform in [0, 0.001): all +1 without standardization,
+    # about half +1 after subtracting the channel mean.
+    assert (D.weight_sign_balance(small("reactnet_a_bn"))["positive_share"] == 1).all()
+    bf = D.weight_sign_balance(small("reactnet_a_bf"))
+    assert bf["positive_share"].between(0.3, 0.7).all()
+
+
+def test_sign_layers_step1_are_the_block_convs():
+    model = small("reactnet_a_bf", binary_weights=False)
+    layers = D.sign_layers(model)
+    assert layers and all(n.startswith("blocks.") for n in layers)
+    n_convs = sum(1 + len(b.conv1x1) for b in model.blocks)
+    assert len(layers) == n_convs
+    values = D.latent_weight_values(model)
+    assert set(values) == set(layers)
+    assert len(D.latent_weight_values(model, "conv")) == n_convs + 1  # + stem
+
+
+def test_agc_clipped_share_known_answer_and_agrees_with_timm():
+    layer = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+    layer.weight.grad = torch.tensor([[0.5, 0, 0], [0.001, 0, 0]])  # row 0 clipped at 0.02
+    assert D.agc_clipped_share(layer, clip_factor=0.02, exclude=()) == 0.5
+
+    model = small("reactnet_a_bf")
+    model(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
+    share = D.agc_clipped_share(model, 0.02, 1e-3)
+    assert 0 <= share <= 1 and all(p.grad is not None for p in model.parameters())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    params = [p for n, p in model.named_parameters() if not n.startswith("head.fc")]
+    adaptive_clip_grad(params, 0.02, 1e-3)
+    changed = total = 0
+    for n, p in model.named_parameters():
+        if n.startswith("head.fc"):
+            assert torch.equal(p.grad, grads[n])
+            continue
+        diff = (p.grad - grads[n]).abs()
+        rows = diff.flatten(1).amax(1) if p.dim() > 1 else diff.max().view(1)
+        changed += int((rows > 0).sum())
+        total += rows.numel()
+    # Units whose gradient timm changed are exactly the clipped ones (a clipped
+    # unit at exactly the threshold would not change; vanishingly unlikely).
+    assert share == pytest.approx(changed / total)
+
+
+def test_gradient_norms_table():
+    layer = nn.Linear(2, 1)
+    layer.weight.grad = torch.tensor([[3.0, 4.0]])
+    table = D.gradient_norms(layer)
+    assert list(table["name"]) == ["weight"]
+    assert table.loc[0, "grad_norm"] == pytest.approx(5.0)
+
+
+def _train(model, recorder, steps, lr):
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    snapshots = []
+    for it in range(steps):
+        x = torch.randn(4, 3, 8, 8, generator=gen)
+        y = torch.randint(0, 10, (4,), generator=gen)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        recorder.before_optimizer_step(model, 2, 0, it)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer.step()
+        snapshots.append((before, {k: v.clone() for k, v in model.state_dict().items()}))
+        recorder.after_optimizer_step(model, 2, 0, it, agc_clip_share=0.25)
+    recorder.close()
+    return snapshots
+
+
+def test_stats_recorder_writes_rows_every_n_steps(tmp_path):
+    torch.manual_seed(0)
+    model = ToyBinaryNet(BinaryScaledStdConv2d).train()
+    snapshots = _train(model, D.StatsRecorder(tmp_path, every=2), steps=5, lr=1e-2)
+    stats = pd.read_csv(tmp_path / "stats.csv")
+    assert list(stats.columns) == D.STATS_COLUMNS
+    assert stats["optimizer_step"].tolist() == [2, 4]
+    assert stats["iteration"].tolist() == [1, 3]
+    assert (stats["agc_clip_share"] == 0.25).all()
+    for _, row in stats.iterrows():
+        before, after = snapshots[int(row.iteration)]
+        assert row.flip_ratio == pytest.approx(D.flip_ratio(before, after, model=model))
+        assert 0 < row.act_sign_balance < 1
+    assert stats["flip_ratio"].between(0, 1).all()
+    assert all_hooks(model) == 0
+
+
+def test_stats_recorder_appends_and_zero_lr_flips_nothing(tmp_path):
+    model = ToyBinaryNet(BinaryConv2d).train()
+    _train(model, D.StatsRecorder(tmp_path, every=1), steps=2, lr=0.0)
+    _train(model, D.StatsRecorder(tmp_path, every=1), steps=1, lr=0.0)
+    stats = pd.read_csv(tmp_path / "stats.csv")
+    assert len(stats) == 3 and (stats["flip_ratio"] == 0).all()
+    assert (stats["weight_sign_balance"] == 1).all()
+    # every=1: the first row's forward ran before the hooks existed.
+    assert math.isnan(stats.loc[0, "act_sign_balance"]) and stats.loc[1, "act_sign_balance"] > 0
+
+
+def test_stats_recorder_only_rank_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_is_rank_zero", lambda: False)
+    model = ToyBinaryNet(BinaryConv2d)
+    _train(model, D.StatsRecorder(tmp_path, every=1), steps=2, lr=1e-3)
+    assert not (tmp_path / "stats.csv").exists()
+    with pytest.raises(ValueError, match="every"):
+        D.StatsRecorder(tmp_path, every=0)
+
+
+def test_wrapped_models_are_unwrapped():
+    model = ToyBinaryNet(BinaryConv2d)
+    wrapped = nn.DataParallel(model)
+    assert list(D.sign_layers(wrapped)) == list(D.sign_layers(model)) == [
+        "blocks.0.conv.weight", "blocks.1.conv.weight"]
+    assert len(D.signal_propagation(wrapped, torch.randn(2, 3, 4, 4))) == 4

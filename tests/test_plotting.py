@@ -1,0 +1,152 @@
+"""bnn_helpers.plotting: figure structure, savefig output, and the figure script's inputs."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bnn_helpers import plotting as P  # noqa: E402
+from bnn_helpers.binarize import ESTIMATORS  # noqa: E402
+from bnn_helpers.figures import gaussian_batch, init_signal_propagation, photo_batch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def sp_table(scale):
+    names = ["stem", "block1", "block2", "head"]
+    return pd.DataFrame({"position": range(4), "name": names,
+                         "avg_sq_mean": [scale, 2 * scale, 0.0, 1.0],
+                         "avg_var": [1.0, 0.5, 0.25, 0.1],
+                         "branch_var": [np.nan, 0.3, 0.2, np.nan]})
+
+
+def data_lines(ax):
+    """Lines other than the dashed step dividers."""
+    return [l for l in ax.lines if l.get_linestyle() != "--"]
+
+
+def write_run(folder, epochs=(3, 2), seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step, n in enumerate(epochs, start=1):
+        for epoch in range(n):
+            rows.append({"epoch": epoch, "step": step, "lr": 5e-4, "train_loss": rng.random(),
+                         "train_top1": 100 * rng.random(), "train_top5": 100.0,
+                         "val_loss": rng.random(), "val_top1": 100 * rng.random(),
+                         "val_top5": 100.0, "images_per_s": 10.0, "agc_clip_share": 0.1,
+                         "elapsed_s": 1.0})
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False)
+    stats = [{"step": step, "epoch": 0, "iteration": i, "optimizer_step": i + 1,
+              "flip_ratio": 0.01 * (i + 1), "weight_sign_balance": 0.5,
+              "act_sign_balance": 0.6, "agc_clip_share": 0.0}
+             for step in (1, 2) for i in range(4)]
+    pd.DataFrame(stats).to_csv(folder / "stats.csv", index=False)
+    return folder
+
+
+def test_signal_propagation_plot_has_one_line_per_variant_per_panel():
+    fig = P.plot_signal_propagation({"bn": sp_table(1.0), "bf": sp_table(0.1)})
+    assert len(fig.axes) == 3
+    for ax in fig.axes:
+        assert len(ax.lines) == 2 and ax.get_yscale() == "log"
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert len(fig.axes[0].lines[0].get_xdata()) == 3  # head left out
+    assert fig.axes[0].get_legend() is not None
+    fig = P.plot_signal_propagation({"bn": sp_table(1.0)}, branch=False, include_head=True)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines[0].get_xdata()) == 4
+    with pytest.raises(ValueError, match="lacks columns"):
+        P.plot_signal_propagation({"x": pd.DataFrame({"position": [0]})})
+
+
+def test_accuracy_curves_continue_step_two_after_step_one(tmp_path):
+    runs = {"a": write_run(tmp_path / "a"), "b": write_run(tmp_path / "b", seed=1)}
+    fig = P.plot_accuracy_curves(runs)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert len(data_lines(ax)) == 4  # 2 runs x (train, val)
+        dividers = [l for l in ax.lines if l.get_linestyle() == "--"]
+        assert len(dividers) == 1 and dividers[0].get_xdata()[0] == pytest.approx(3.5)
+        assert ax.get_legend() is not None and ax.get_ylabel()
+    assert list(data_lines(fig.axes[0])[0].get_xdata()) == [1, 2, 3, 4, 5]
+    summary = pd.read_csv(runs["a"] / "summary.csv")
+    assert list(data_lines(fig.axes[0])[0].get_ydata()) == list(summary["val_top1"])
+    with pytest.raises(FileNotFoundError, match="summary.csv"):
+        P.plot_accuracy_curves([tmp_path / "missing"])
+
+
+def test_training_stats_panels(tmp_path):
+    fig = P.plot_training_stats([write_run(tmp_path / "run")])
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        assert len(data_lines(ax)) == 1
+    # optimizer_step restarts in step 2, so it is shifted after step 1.
+    assert list(data_lines(fig.axes[0])[0].get_xdata()) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert fig.axes[0].get_yscale() == "log"
+
+
+def test_estimator_plot_shows_autograd_backward():
+    fig = P.plot_estimators(x_range=2.0, points=401)
+    forward, backward = fig.axes
+    assert len(forward.lines) == 1 + len(ESTIMATORS)
+    assert len(backward.lines) == len(ESTIMATORS)
+    lines = {l.get_label(): l for l in backward.lines}
+    x, y = (np.asarray(v) for v in lines["approx"].get_data())
+    for point, expected in ((0.0, 2.0), (0.5, 1.0), (-0.5, 1.0), (1.5, 0.0)):
+        assert y[np.argmin(np.abs(x - point))] == pytest.approx(expected, abs=1e-9)
+    x, y = (np.asarray(v) for v in lines["identity"].get_data())
+    assert np.all(y == 1)
+
+
+def test_weight_histograms_one_panel_per_layer():
+    values = {f"blocks.{i}.conv.weight": np.random.default_rng(i).normal(size=100) for i in range(5)}
+    fig = P.plot_weight_histograms(values, ncols=4)
+    assert len(fig.axes) == 5
+    assert all(len(ax.patches) == 60 for ax in fig.axes)
+
+
+def test_savefig_writes_identical_png_twice(tmp_path, monkeypatch):
+    monkeypatch.setenv("BNN_FIGS_DIR", str(tmp_path / "figs"))
+    fig = P.plot_estimators(points=101)
+    first = P.savefig(fig, "ste").read_bytes()
+    path = P.savefig(fig, "ste.png")
+    assert path == tmp_path / "figs" / "ste.png"
+    assert first.startswith(b"\x89PNG\r\n\x1a\n") and path.read_bytes() == first
+    assert b"Software" not in first
+    image = plt.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    with pytest.raises(ValueError, match="PNG"):
+        P.savefig(fig, "ste.pdf")
+    with pytest.raises(ValueError, match="plain file name"):
+        P.savefig(fig, "sub/ste")
+
+
+def test_figs_dir_walks_up_to_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("BNN_FIGS_DIR", raising=False)
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    nested = tmp_path / "notebooks" / "deeper"
+    nested.mkdir(parents=True)
+    monkeypatch.chdir(nested)
+    assert P.figs_dir() == tmp_path / "Figs"
+
+
+def test_figure_script_inputs_and_tables():
+    photos = photo_batch(8, 64, seed=0)
+    assert photos.shape == (8, 3, 64, 64)
+    assert torch.equal(photos, photo_batch(8, 64, seed=0))
+    assert not torch.equal(photos[0], photos[2])  # different random crops
+    assert -3 < float(photos.mean()) < 3 and photos.std() > 0.3
+    assert gaussian_batch(2, 8).shape == (2, 3, 8, 8)
+    tables = init_signal_propagation(gaussian_batch(4, 32), width_mult=0.25)
+    assert list(tables) == ["bn", "none", "bf"]
+    assert all(len(t) == 15 for t in tables.values())
+    fig = P.plot_signal_propagation(tables)
+    assert all(len(ax.lines) == 3 for ax in fig.axes)
