@@ -1,0 +1,108 @@
+"""Start the training engine from a notebook: as a torchrun subprocess, or in-process.
+
+``launch(config, overrides, nproc, nnodes)`` builds the exact ``torchrun``
+command, runs it while streaming its output into the notebook, and returns the
+run directory. ``dry_run=True`` returns the command instead (``slurm=True``: the
+``srun`` line to put in an sbatch script). For small CPU runs, skip the process
+start-up and call :func:`bnn_helpers.train.run` (same code path)::
+
+    from bnn_helpers.launch import launch
+    print(launch("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/data/imagenet"},
+                 nproc=8, dry_run=True))
+    run_dir = launch("configs/digits/reactnet_a_bf.yaml", {"epochs": 2})
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+
+import yaml
+
+from .config import TrainError, load_config, run_dir_of
+
+__all__ = ["launch", "build_command"]
+
+
+def _config_file(config) -> str:
+    """A path torchrun can pass on: dicts are written to a temporary YAML file."""
+    if isinstance(config, dict):
+        fd, path = tempfile.mkstemp(prefix="bnn_config_", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+        return path
+    return str(config)
+
+
+def _override_args(overrides: dict) -> list[str]:
+    args = []
+    for key, value in (overrides or {}).items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def build_command(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 1,
+                  rdzv_endpoint: str | None = None, rdzv_id: str = "bnn_helpers",
+                  python: str | None = None, slurm: bool = False) -> list[str] | str:
+    """The torchrun argument list (``slurm=True``: one srun shell line)."""
+    if nproc < 1 or nnodes < 1:
+        raise TrainError(f"nproc and nnodes must be >= 1, got {nproc} and {nnodes}")
+    train_args = ["-m", "bnn_helpers.train", "--config", _config_file(config), *_override_args(overrides)]
+    if slurm:
+        # One srun task per node; each starts torchrun, which spawns nproc workers and
+        # meets the others at the first node of the allocation.
+        torchrun = (f"torchrun --nnodes=$SLURM_NNODES --nproc_per_node={nproc} "
+                    f"--rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d "
+                    f"--rdzv_endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29500 "
+                    + shlex.join(train_args))
+        return (f"srun --nodes={nnodes} --ntasks-per-node=1 --gpus-per-node={nproc} "
+                f"bash -c {shlex.quote(torchrun)}")
+    cmd = [python or sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    if nnodes == 1 and rdzv_endpoint is None:
+        cmd.append("--standalone")
+    else:
+        if rdzv_endpoint is None:
+            raise TrainError("multi-node runs need rdzv_endpoint='host:port' of the first node")
+        cmd += [f"--nnodes={nnodes}", f"--rdzv_id={rdzv_id}", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={rdzv_endpoint}"]
+    return cmd + train_args
+
+
+def launch(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 1,
+           dry_run: bool = False, slurm: bool = False, rdzv_endpoint: str | None = None,
+           env: dict | None = None) -> Path | str:
+    """Run the engine under torchrun, streaming its output; return the run directory.
+
+    ``dry_run=True`` returns the shell command instead of running it (with
+    ``slurm=True`` the srun line for an sbatch script). Bad configs fail here,
+    before any process starts.
+    """
+    cfg = load_config(config, overrides)  # validate now: one clear error, no subprocess
+    cmd = build_command(config, overrides, nproc, nnodes, rdzv_endpoint, slurm=slurm)
+    if dry_run:
+        return cmd if isinstance(cmd, str) else shlex.join(cmd)
+    if slurm:
+        raise TrainError("slurm=True only builds the command: use dry_run=True and put it in sbatch")
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    tail = deque(maxlen=20)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=child_env, bufsize=1) as proc:
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                tail.append(line.rstrip())
+        except KeyboardInterrupt:  # the notebook's stop button: let the engine save and exit
+            proc.terminate()
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        errors = [line for line in tail if line.startswith("error:")]
+        raise TrainError(errors[-1][len("error: "):] if errors else
+                         f"training exited with status {proc.returncode}; see the output above")
+    return run_dir_of(cfg)

@@ -1,0 +1,729 @@
+"""Training engine: the BNN-BN two-step recipe (step 1 binary activations, step 2
+binary weights too, initialised from step 1's best weights), from a CPU demo on
+bundled digits to ImageNet on many GPUs.
+
+CPU (bundled data, seconds per epoch)::
+
+    python -m bnn_helpers.train --config configs/digits/reactnet_a_bf.yaml
+    python -m bnn_helpers.train --config configs/digits/reactnet_a_bf.yaml --step 2 --epochs 3
+
+One GPU::
+
+    python -m bnn_helpers.train --config configs/imagenet/reactnet_a_bf.yaml \\
+        --data-dir /data/imagenet --device cuda --amp bf16 --channels-last --workers 10
+
+Eight GPUs on one machine (``batch_size`` is global: 256 = 8 x 32)::
+
+    torchrun --standalone --nproc_per_node=8 -m bnn_helpers.train \\
+        --config configs/imagenet/reactnet_a_bf.yaml --data-dir /data/imagenet --amp bf16
+
+Several machines (run on every node; same rendezvous endpoint)::
+
+    torchrun --nnodes=4 --nproc_per_node=8 --rdzv_id=bnnbn --rdzv_backend=c10d \\
+        --rdzv_endpoint=$MASTER_HOST:29500 -m bnn_helpers.train \\
+        --config configs/imagenet/reactnet_a_bf.yaml --data-dir /data/imagenet
+
+Under SLURM either wrap that torchrun in ``srun`` (see
+``bnn_helpers.launch.launch(..., dry_run=True, slurm=True)``) or start one
+task per GPU with ``srun``: RANK/WORLD_SIZE/LOCAL_RANK are then read from
+SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID. ``--resume`` continues a run exactly;
+SIGTERM/SIGINT save ``last.pth`` and exit. In Python (same code path)::
+
+    from bnn_helpers.train import run
+    run_dir = run("configs/digits/reactnet_a_bf.yaml", epochs=2)
+
+Run directory: ``config.yaml``, ``summary.csv`` (one row per epoch),
+``stats.csv`` (``--track-stats``), ``step1/{last,best}.pth``,
+``step2/{last,best}.pth``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+
+from .agc import clip_gradients_, parameters_except_classifier
+from .config import TrainError, describe_keys, load_config, parse_cli_overrides, run_dir_of
+from .data import build_datasets, make_loader
+from .losses import Objective, SmallTeacherCNN, _torch_load, find_checkpoint, load_teacher
+
+__all__ = ["run", "main", "build_model", "SUMMARY_COLUMNS", "TrainError", "Trainer"]
+
+SUMMARY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
+                   "val_top1", "val_top5", "images_per_s", "agc_clip_share", "elapsed_s"]
+
+
+# --------------------------------------------------------------------------- models
+def is_float_model(cfg: dict) -> bool:
+    """Real-valued models (teachers) have a single training step."""
+    return cfg["model"] == "float_cnn" or cfg["model"].startswith("timm:")
+
+
+def build_model(cfg: dict, binary_weights: bool, num_classes: int) -> nn.Module:
+    """The student (or teacher) network a config names, for one training step."""
+    from .models import list_models, create_model
+
+    name = cfg["model"]
+    if name == "float_cnn":
+        return SmallTeacherCNN(num_classes, cfg["width_mult"])
+    if name.startswith("timm:"):
+        import timm
+
+        if not timm.is_model(name[5:]):
+            raise TrainError(f"unknown timm model {name[5:]!r}")
+        return timm.create_model(name[5:], pretrained=False, num_classes=num_classes)
+    if name not in list_models():
+        raise TrainError(f"unknown model {name!r}; valid: {', '.join(list_models())}, float_cnn, "
+                         "timm:<name>")
+    kwargs = dict(binary_weights=binary_weights, num_classes=num_classes, alpha=cfg["alpha"],
+                  beta_schedule=cfg["beta_schedule"], width_mult=cfg["width_mult"],
+                  estimator=cfg["estimator"])
+    if name.startswith("reactnet_18"):
+        small = cfg["dataset"] in ("cifar10", "cifar100", "digits")
+        kwargs["stem"] = cfg["stem"] or ("cifar" if small else "imagenet")
+    return create_model(name, **kwargs)
+
+
+# --------------------------------------------------------------------------- process setup
+def _slurm_to_torch_env() -> None:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from SLURM when srun started one task per GPU."""
+    env = os.environ
+    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        nodes = env.get("SLURM_STEP_NODELIST", env.get("SLURM_NODELIST", "localhost"))
+        m = re.match(r"([^,\[]+)(?:\[(\d+))?", nodes)  # "gpu[03-06,09]" -> "gpu03"
+        env["MASTER_ADDR"] = m.group(1) + (m.group(2) or "")
+    env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+
+
+def setup_distributed(device_kind: str) -> tuple[int, int, int, bool]:
+    """(rank, world_size, local_rank, created) from torchrun/SLURM variables."""
+    _slurm_to_torch_env()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        if device_kind == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        return rank, world, local, True
+    return rank, world, local, False
+
+
+def resolve_device(cfg: dict) -> str:
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    if cfg["device"] == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg["device"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and lists, so ``torch.load(weights_only=True)`` reads them."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+             "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    """Config values as YAML/pickle-safe builtins."""
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+# --------------------------------------------------------------------------- progress
+class _Progress:
+    """tqdm in a terminal or notebook, plain periodic lines otherwise, nothing off rank 0."""
+
+    def __init__(self, mode: str, enabled: bool, log_every: int):
+        if mode == "auto":
+            interactive = sys.stderr.isatty() or _in_notebook()
+            mode = "tqdm" if interactive else "log"
+        self.mode = mode if enabled else "none"
+        self.log_every, self.bar = log_every, None
+
+    def start(self, total: int, desc: str):
+        if self.mode == "tqdm":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.desc, self.total = desc, total
+
+    def update(self, i: int, loss: float | None):
+        if self.mode == "tqdm":
+            self.bar.update(1)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        elif self.mode == "log" and loss is not None:
+            print(f"{self.desc} batch {i + 1}/{self.total} loss {loss:.4f}", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, text: str):
+        if self.mode != "none":
+            print(text, flush=True)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        return False
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum):
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------- engine
+class Trainer:
+    """One run: data, teacher, and the steps of the config. Use :func:`run`."""
+
+    def __init__(self, cfg: dict, on_batch_end=None):
+        self.cfg = cfg
+        self.device_kind = resolve_device(cfg)
+        if cfg["amp"] == "fp16" and self.device_kind != "cuda":
+            raise TrainError("--amp fp16 needs a CUDA GPU; use --amp bf16 or none on CPU")
+        self.rank, self.world, local, self.created_group = setup_distributed(self.device_kind)
+        self.device = torch.device(f"cuda:{local}" if self.device_kind == "cuda" else "cpu")
+        self.is_main = self.rank == 0
+        self.run_dir = run_dir_of(cfg)
+        self.on_batch_end = on_batch_end
+        self.stop_signal = None
+        self.stop_agreed = 0
+        self.interrupted = None
+        self.steps = self._steps()
+
+    # ---------------------------------------------------------------- helpers
+    def _steps(self) -> list[int]:
+        step = self.cfg["step"]
+        if is_float_model(self.cfg):
+            if step == "2":
+                raise TrainError(f"{self.cfg['model']} is real-valued: it has no step 2; use --step 1")
+            return [1]
+        return [1, 2] if step == "both" else [int(step)]
+
+    def _ckpt(self, step: int, which: str) -> Path:
+        return self.run_dir / f"step{step}" / f"{which}.pth"
+
+    def _barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def _all_reduce(self, values: list[float], op=None) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def request_stop(self, signum: int = signal.SIGTERM):
+        """Finish the current batch, save ``last.pth`` and stop (what SIGTERM/SIGINT do)."""
+        self.stop_signal = signum
+
+    def _autocast(self):
+        if self.cfg["amp"] == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg["amp"] == "bf16" else torch.float16
+        return torch.autocast(self.device_kind, dtype=dtype)
+
+    def _to_device(self, x, y):
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    # ---------------------------------------------------------------- preparation
+    def prepare_run_dir(self):
+        cfg = self.cfg
+        existing = [s for s in self.steps if self._ckpt(s, "last").exists()]
+        if existing and not cfg["resume"] and not cfg["overwrite"]:
+            raise TrainError(f"{self.run_dir} already holds step {existing[0]} checkpoints; pass "
+                             "--resume to continue, --overwrite to start again, or another --name")
+        if cfg["resume"] and not existing:
+            raise TrainError(f"--resume: no step{self.steps[0]}/last.pth under {self.run_dir}; "
+                             "run without --resume to start")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if cfg["overwrite"] and not cfg["resume"]:
+                for s in self.steps:
+                    shutil.rmtree(self.run_dir / f"step{s}", ignore_errors=True)
+                self._trim_summary(keep=lambda row: int(row["step"]) not in self.steps)
+                if self.steps[0] == 1:
+                    (self.run_dir / "stats.csv").unlink(missing_ok=True)
+            saved = {k: v for k, v in cfg.items() if k not in ("resume", "overwrite")}
+            tmp = self.run_dir / ".config.yaml.tmp"
+            tmp.write_text(yaml.safe_dump(_plain(saved), sort_keys=False))
+            os.replace(tmp, self.run_dir / "config.yaml")
+        self._barrier()
+
+    def _trim_summary(self, keep):
+        path = self.run_dir / "summary.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if keep(r)]
+        tmp = path.with_name(".summary.csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def _append_summary(self, row: dict):
+        path = self.run_dir / "summary.csv"
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def prepare_data(self):
+        train, val, self.num_classes = build_datasets(self.cfg)
+        pin = self.cfg["pin_memory"] and self.device_kind == "cuda"
+        self.train_loader = make_loader(train, self.cfg, True, self.rank, self.world, pin)
+        self.val_loader = make_loader(val, self.cfg, False, self.rank, self.world, pin)
+        self.teacher = None
+        if self.cfg["loss"] == "kd":
+            teacher = load_teacher(self.cfg, self.num_classes).to(self.device)
+            if self.cfg["channels_last"]:
+                teacher = teacher.to(memory_format=torch.channels_last)
+            self.teacher = teacher
+        self.objective = Objective(self.cfg["loss"], self.cfg["label_smoothing"])
+
+    def _optimizer(self, model: nn.Module, step: int):
+        cfg = self.cfg
+        wd = cfg[f"weight_decay_step{step}"]
+        # The published rule: decay every 4-D parameter (conv weights, WS gains and
+        # the (1,C,1,1) learnable biases); nothing else.
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
+        rest = [p for p in model.parameters() if p.requires_grad and p.ndim != 4]
+        groups = [{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
+        if cfg["optimizer"] == "adam":
+            opt = torch.optim.Adam(groups, lr=cfg["lr"])
+        else:
+            opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+        epochs = cfg["epochs"]
+        factor = {"published": lambda e: 1.0 - e / epochs,       # stepped before epoch e = 1..E
+                  "linear": lambda e: 1.0 - (e - 1) / epochs,    # e = 1..E -> 1 .. 1/E
+                  "constant": lambda e: 1.0}[cfg["lr_schedule"]]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: max(factor(e), 0.0))
+        return opt, scheduler
+
+    def _load_model_state(self, model: nn.Module, state: dict, source: str):
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TrainError(f"{source} does not fit model {self.cfg['model']!r}: "
+                             f"{str(exc).splitlines()[0]}; check --model/--width-mult") from None
+
+    def _check_classes(self, ckpt: dict, path: Path):
+        if ckpt.get("num_classes") != self.num_classes:
+            raise TrainError(f"checkpoint {path} has {ckpt.get('num_classes')} classes but the "
+                             f"dataset has {self.num_classes}; use a checkpoint of this dataset")
+
+    # ---------------------------------------------------------------- one step
+    def fit_step(self, step: int, init_state: dict | None) -> dict | None:
+        """Train one step; returns the best model state (CPU) for the next step."""
+        cfg = self.cfg
+        seed_everything(cfg["seed"] + self.rank)
+        model = build_model(cfg, binary_weights=(step == 2), num_classes=self.num_classes)
+        model.to(self.device)
+        if cfg["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer, scheduler = self._optimizer(model, step)
+        scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
+        state = {"epoch": 0, "batch": 0, "best_top1": -1.0, "elapsed": 0.0, "partial": None}
+        best_state = None
+
+        last = self._ckpt(step, "last")
+        if cfg["resume"] and last.exists():
+            ckpt = _torch_load(last)
+            self._check_classes(ckpt, last)
+            self._load_model_state(model, ckpt["model"], str(last))
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            state.update(epoch=ckpt["epoch"], batch=ckpt["batch_in_epoch"], best_top1=ckpt["best_top1"],
+                         elapsed=ckpt["elapsed_s"], partial=ckpt.get("partial"))
+            if self.is_main:  # drop rows written after this checkpoint (a crash in between)
+                self._trim_summary(lambda r: int(r["step"]) != step or int(r["epoch"]) <= state["epoch"])
+            set_rng_state(ckpt["rng"])
+            if state["epoch"] >= cfg["epochs"] and not state["batch"]:
+                best = self._ckpt(step, "best")
+                return _torch_load(best)["model"] if best.exists() else ckpt["model"]
+            self._log(f"[step {step}] resuming from {last} (epoch {state['epoch']}"
+                      + (f", batch {state['batch']})" if state["batch"] else ")"))
+        elif step == 2:
+            if init_state is None:
+                wanted = Path(cfg["step1_checkpoint"] or self.run_dir / "step1" / "best.pth")
+                if not (wanted.is_file() or (wanted / "step1" / "best.pth").is_file()):
+                    raise TrainError(f"step 2 needs step 1's weights: {wanted} not found; run step 1 "
+                                     "first or pass --step1-checkpoint PATH")
+                source = find_checkpoint(wanted, prefer=("step1",))
+                ckpt = _torch_load(source)
+                self._check_classes(ckpt, source)
+                init_state, where = ckpt["model"], str(source)
+            else:
+                where = "step 1's best weights"
+            self._load_model_state(model, init_state, where)
+            self._log(f"[step 2] initialised from {where}")
+
+        self.current_model = model
+        train_model = model
+        if self.world > 1:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device_kind == "cuda" else None)
+        if cfg["compile"]:
+            train_model = torch.compile(train_model)
+
+        recorder = None
+        if cfg["track_stats"] and self.is_main:
+            from .diagnostics import StatsRecorder  # lazily: diagnostics pulls in pandas
+
+            recorder = StatsRecorder(self.run_dir, every=cfg["stats_every"])
+        tb = self._tensorboard()
+        agc_params = parameters_except_classifier(model) if cfg["agc"] else None
+        progress = _Progress(cfg["progress"], self.is_main, cfg["log_every"])
+        try:
+            while state["epoch"] < cfg["epochs"]:
+                epoch = state["epoch"] + 1  # 1-based, as in summary.csv
+                if not state["batch"]:
+                    with warnings.catch_warnings():  # stepping before optimizer.step() is the recipe
+                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                        scheduler.step()  # published: the epoch's lr is set before it runs
+                lr = optimizer.param_groups[0]["lr"]
+                train = self._train_epoch(step, epoch, model, train_model, optimizer, scaler,
+                                          agc_params, recorder, progress, state, scheduler)
+                val = self.evaluate(model)
+                state["elapsed"] += train["time"] + val["time"]
+                row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train["loss"],
+                       "train_top1": train["top1"], "train_top5": train["top5"],
+                       "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                       "images_per_s": train["images"] / max(train["time"], 1e-9),
+                       "agc_clip_share": train["clip"], "elapsed_s": state["elapsed"]}
+                is_best = val["top1"] > state["best_top1"]
+                if is_best:
+                    state["best_top1"] = val["top1"]
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                state.update(epoch=epoch, batch=0, partial=None)
+                if self.is_main:
+                    self._append_summary(row)
+                    self._save(step, model, optimizer, scheduler, scaler, state, is_best)
+                    if tb is not None:
+                        for key in SUMMARY_COLUMNS[2:]:
+                            tb.add_scalar(f"step{step}/{key}", row[key], epoch)
+                self._log(f"[step {step}] epoch {epoch}/{cfg['epochs']} lr {lr:.3g} "
+                          f"train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
+                          f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} "
+                          f"top5 {row['val_top5']:.2f} | {row['images_per_s']:.0f} img/s")
+                self._barrier()
+                if self.stop_agreed:  # the signal came in the epoch's last batch: saved above
+                    raise _Interrupted(self.stop_agreed)
+        finally:
+            progress.close()
+            if recorder is not None:
+                recorder.close()
+            if tb is not None:
+                tb.close()
+        if best_state is None:  # resumed after the best epoch: read it back
+            best_state = _torch_load(self._ckpt(step, "best"))["model"]
+        return best_state
+
+    def _train_epoch(self, step, epoch, model, train_model, optimizer, scaler, agc_params, recorder,
+                     progress, state, scheduler) -> dict:
+        cfg = self.cfg
+        loader = self.train_loader
+        start = state["batch"]
+        loader.set_epoch(epoch, start)
+        batches = loader.sampler.num_batches()
+        # Running sums: loss*n, top-1 hits, top-5 hits, images, clip-share sum, clipped batches, seconds.
+        sums = list(state["partial"]) if state["partial"] else [0.0] * 7
+        device_sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        k5 = min(5, self.num_classes)
+        check_every = 1 if (self.device_kind == "cpu" or self.world > 1) else cfg["log_every"]
+        postfix_every = 10 if progress.mode == "tqdm" else cfg["log_every"]
+        train_model.train()
+        progress.start(batches, f"step {step} epoch {epoch}")
+        if start and progress.bar is not None:
+            progress.bar.update(start)
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(loader, start=start):
+            x, y = self._to_device(x, y)
+            iteration = (epoch - 1) * batches + i + 1
+            with self._autocast():
+                logits = train_model(x)
+                teacher_logits = None
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(x)
+                loss = self.objective(logits, y, teacher_logits)
+            optimizer.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if recorder is not None:
+                recorder.before_optimizer_step(model, step, epoch, iteration)
+            clip_share = None
+            if agc_params is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                clip_share = clip_gradients_(agc_params, cfg["agc_clip_factor"], cfg["agc_eps"])
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if recorder is not None:
+                recorder.after_optimizer_step(model, step, epoch, iteration,
+                                              None if clip_share is None else float(clip_share))
+            with torch.no_grad():
+                top = logits.detach().topk(k5, dim=1).indices == y[:, None]
+                device_sums[0] += loss.detach().double() * y.numel()
+                device_sums[1] += top[:, 0].sum()
+                device_sums[2] += top.any(dim=1).sum()
+                device_sums[3] += y.numel()
+                if clip_share is not None:
+                    device_sums[4] += clip_share.to(self.device, torch.float64)
+                    device_sums[5] += 1
+            done = i + 1
+            progress.update(i, float(loss) if done % postfix_every == 0 else None)
+            if self.on_batch_end is not None:
+                self.on_batch_end(self, step, epoch, done)
+            flags = [float(self.stop_signal or 0), 0.0]
+            if done % check_every == 0 or done == batches:
+                flags[1] = 0.0 if math.isfinite(float(device_sums[0])) else 1.0
+            if self.world > 1:  # every process must agree to stop at the same batch
+                flags = self._all_reduce(flags, dist.ReduceOp.MAX)
+            if flags[1]:
+                good = self._ckpt(step, "last")
+                raise TrainError(f"loss became non-finite in step {step}, epoch {epoch}, batch {done}; "
+                                 f"stopped. Last good checkpoint: {good if good.exists() else 'none'}; "
+                                 "lower --lr or enable --agc")
+            if flags[0]:
+                self.stop_agreed = int(flags[0])
+                if done < batches:  # mid-epoch: save the position; the epoch end saves itself
+                    sums = self._merge(sums, device_sums, time.perf_counter() - t0)
+                    state.update(batch=done, partial=sums)
+                    if self.is_main:
+                        self._save(step, model, optimizer, scheduler, scaler, state, False)
+                    raise _Interrupted(self.stop_agreed)
+        progress.close()
+        sums = self._merge(sums, device_sums, time.perf_counter() - t0)
+        loss_sum, hit1, hit5, images, clip_sum, clip_n, seconds = sums
+        return {"loss": loss_sum / images, "top1": 100 * hit1 / images, "top5": 100 * hit5 / images,
+                "images": images, "clip": clip_sum / clip_n if clip_n else math.nan, "time": seconds}
+
+    def _merge(self, sums, device_sums, seconds):
+        """Carried totals plus this segment's sums over all processes."""
+        reduced = self._all_reduce(device_sums.tolist())
+        return [sums[j] + reduced[j] for j in range(6)] + [sums[6] + seconds]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict:
+        """Validation loss (cross-entropy with the labels), top-1 and top-5 in percent."""
+        model.eval()
+        self.val_loader.set_epoch(0)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        k5 = min(5, self.num_classes)
+        t0 = time.perf_counter()
+        for x, y in self.val_loader:
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            top = logits.topk(k5, dim=1).indices == y[:, None]
+            sums += torch.stack([loss.double(), top[:, 0].sum().double(),
+                                 top.any(dim=1).sum().double(),
+                                 torch.tensor(y.numel(), dtype=torch.float64, device=self.device)])
+        loss_sum, hit1, hit5, n = self._all_reduce(sums.tolist())
+        return {"loss": loss_sum / n, "top1": 100 * hit1 / n, "top5": 100 * hit5 / n,
+                "time": time.perf_counter() - t0}
+
+    def _save(self, step, model, optimizer, scheduler, scaler, state, is_best):
+        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": state["epoch"], "batch_in_epoch": state["batch"],
+                "partial": state["partial"], "best_top1": state["best_top1"],
+                "elapsed_s": state["elapsed"], "rng": rng_state(), "step": step,
+                "num_classes": self.num_classes, "config": _plain(self.cfg)}
+        folder = self.run_dir / f"step{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_save(ckpt, folder / "last.pth")
+        if is_best:
+            atomic_save(ckpt, folder / "best.pth")
+
+    def _tensorboard(self):
+        if not (self.cfg["tensorboard"] and self.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self._log("tensorboard is not installed; continuing without it (pip install tensorboard)")
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _log(self, text: str):
+        if self.is_main and self.cfg["progress"] != "none":
+            print(text, flush=True)
+
+    # ---------------------------------------------------------------- all steps
+    def fit(self):
+        self.prepare_data()
+        self.prepare_run_dir()
+        best = None
+        for step in self.steps:
+            best = self.fit_step(step, best)
+        return self.run_dir
+
+
+@contextlib.contextmanager
+def _signals_save(trainer: Trainer):
+    """SIGTERM/SIGINT ask the trainer to stop after the current batch (main thread only)."""
+    previous = {}
+    handler = lambda signum, frame: trainer.request_stop(signum)  # noqa: E731
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave the defaults
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _determinism(cfg: dict):
+    previous = torch.are_deterministic_algorithms_enabled()
+    bench = torch.backends.cudnn.benchmark
+    if cfg["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg["deterministic"]
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = bench
+
+
+def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
+    """Train as the CLI does; returns the run directory.
+
+    ``config``: a YAML path or a dict; ``overrides``: a dict or CLI-style list;
+    keyword arguments are further overrides (``run(cfg, epochs=2, step="2")``).
+    ``on_batch_end(trainer, step, epoch, batch)`` is called after every batch.
+    An interrupted run (SIGTERM/SIGINT) saves ``last.pth`` and returns.
+    """
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_cli_overrides(list(overrides))
+    cfg = load_config(config, {**(overrides or {}), **kwargs})
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    trainer = Trainer(cfg, on_batch_end=on_batch_end)
+    try:
+        with _determinism(cfg), _signals_save(trainer):
+            trainer.fit()
+    except _Interrupted as stop:
+        trainer._log(f"interrupted by signal {stop.signum}: saved {trainer.run_dir}/step*/last.pth; "
+                     "continue with --resume")
+        trainer.interrupted = stop.signum
+    finally:
+        if trainer.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+    run.last_trainer = trainer
+    return trainer.run_dir
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of a TrainError, also when a DataLoader worker wrapped it in a traceback."""
+    text = str(exc)
+    found = re.findall(r"TrainError: (.+)", text)
+    return found[-1] if found else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("Options (config keys; YAML values are overridden by --key value):")
+        print("  --config PATH           YAML recipe, e.g. configs/digits/reactnet_a_bf.yaml")
+        print(describe_keys())
+        return 0
+    config = None
+    rest = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            config, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--config="):
+            config, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    try:
+        run_dir = run(config, rest)
+    except TrainError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+    interrupted = getattr(run.last_trainer, "interrupted", None)
+    if run.last_trainer.is_main:
+        print(f"run directory: {run_dir}", flush=True)
+    return 128 + interrupted if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Datasets, the sharded batch sampler, PCA lighting."""
+import pytest
+import torch
+
+from bnn_helpers.config import TrainError, load_config
+from bnn_helpers.data import (IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, Lighting,
+                              ShardedBatchSampler, build_datasets, load_digits_tensors)
+
+
+def test_digits_split_is_fixed_real_and_32px():
+    (xt, yt), (xv, yv) = load_digits_tensors()
+    assert xt.shape == (1437, 3, 32, 32) and xv.shape == (360, 3, 32, 32)
+    assert set(yt.tolist()) == set(range(10))
+    (xt2, _), _ = load_digits_tensors()
+    assert torch.equal(xt, xt2)
+    assert abs(float(xt.mean())) < 1e-4 and abs(float(xt.std()) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_shards_cover_the_single_process_batches(world):
+    single = list(ShardedBatchSampler(100, 16, shuffle=True, seed=3))
+    shards = [list(ShardedBatchSampler(100, 16, r, world, shuffle=True, seed=3)) for r in range(world)]
+    assert len(single) == 6 and all(len(s) == 6 for s in shards)
+    for b, batch in enumerate(single):
+        assert sorted(i for s in shards for i in s[b]) == sorted(batch)
+    val = [list(ShardedBatchSampler(10, 4, r, world, shuffle=False, drop_last=False)) for r in range(world)]
+    assert sorted(i for v in val for batch in v for i in batch) == list(range(10))
+
+
+def test_sampler_order_depends_on_epoch_and_skips_consumed_batches():
+    s = ShardedBatchSampler(50, 10, seed=0)
+    s.set_epoch(1)
+    e1 = list(s)
+    s.set_epoch(2)
+    assert list(s) != e1
+    s.set_epoch(1, start_batch=2)
+    assert list(s) == e1[2:] and len(s) == 3
+    with pytest.raises(TrainError, match="divisible"):
+        ShardedBatchSampler(50, 10, 0, 3)
+
+
+def test_lighting_adds_an_eigenvector_combination():
+    torch.manual_seed(0)
+    img = torch.rand(3, 4, 4)
+    out = Lighting(0.1)(img)
+    shift = (out - img)[:, 0, 0]
+    assert torch.allclose(out - img, shift.view(3, 1, 1).expand_as(img), atol=1e-6)
+    coeffs = torch.linalg.solve(torch.tensor(IMAGENET_PCA_EIGVEC), shift) / torch.tensor(IMAGENET_PCA_EIGVAL)
+    assert coeffs.abs().max() < 1.0  # alpha ~ N(0, 0.1)
+    assert torch.equal(Lighting(0.0)(img), img)
+
+
+def test_cifar_offline_error_is_one_clear_line(tmp_path):
+    cfg = load_config(None, {"dataset": "cifar10", "data_dir": str(tmp_path), "download": False})
+    with pytest.raises(TrainError, match="not found under"):
+        build_datasets(cfg)

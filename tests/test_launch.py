@@ -1,0 +1,50 @@
+"""Notebook launcher: exact torchrun / srun commands, validation before start, a real run."""
+import pytest
+
+from bnn_helpers.config import TrainError, load_config, parse_cli_overrides
+from bnn_helpers.launch import launch
+
+
+def test_dry_run_builds_torchrun_commands():
+    cmd = launch("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/data/imagenet", "amp": "bf16"},
+                 nproc=8, dry_run=True)
+    assert "-m torch.distributed.run --nproc_per_node=8 --standalone -m bnn_helpers.train" in cmd
+    assert cmd.endswith("--config configs/imagenet/reactnet_a_bf.yaml --data-dir /data/imagenet --amp bf16")
+    multi = launch("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/d"}, nproc=8, nnodes=4,
+                   rdzv_endpoint="node0:29500", dry_run=True)
+    assert "--nnodes=4" in multi and "--rdzv_endpoint=node0:29500" in multi
+    slurm = launch("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/d"}, nproc=8, nnodes=4,
+                   dry_run=True, slurm=True)
+    assert slurm.startswith("srun --nodes=4 --ntasks-per-node=1 --gpus-per-node=8 bash -c ")
+    assert "$SLURM_JOB_ID" in slurm and "--nproc_per_node=8" in slurm
+
+
+def test_bad_config_fails_before_starting():
+    with pytest.raises(TrainError, match="unknown config key"):
+        launch("configs/digits/reactnet_a_bf.yaml", {"epoch": 3}, dry_run=True)
+    with pytest.raises(TrainError, match="multi-node"):
+        launch("configs/digits/reactnet_a_bf.yaml", nnodes=2, dry_run=True)
+
+
+def test_all_shipped_configs_resolve():
+    from pathlib import Path
+
+    for path in sorted(Path("configs").rglob("*.yaml")):
+        cfg = load_config(path, {"data_dir": "/d"} if "imagenet" in str(path) else None)
+        assert cfg["epochs"] > 0, path
+    published = load_config("configs/imagenet/reactnet_a_none.yaml")
+    assert (published["lr"], published["batch_size"], published["epochs"]) == (5e-4, 256, 256)
+    assert published["teacher"] == "dm_nfnet_f0" and published["agc_clip_factor"] == 0.02
+    assert parse_cli_overrides(["--track-stats", "--lr=1e-3"]) == {"track_stats": "true", "lr": "1e-3"}
+
+
+def test_launch_runs_torchrun_and_returns_the_run_dir(tmp_path, capfd):
+    run_dir = launch("configs/digits/reactnet_a_bf.yaml",
+                     {"output_dir": str(tmp_path), "epochs": 1, "step": 1, "max_train_batches": 1,
+                      "batch_size": 16, "lr_schedule": "linear", "progress": "log", "threads": 1,
+                      "track_stats": True, "stats_every": 1})
+    assert run_dir == tmp_path / "digits_reactnet_a_bf"
+    assert (run_dir / "step1" / "best.pth").is_file()
+    header = (run_dir / "stats.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "epoch", "iteration", "flip_ratio", "agc_clip_share"} <= set(header)
+    assert "[step 1] epoch 1/1" in capfd.readouterr().out

@@ -1,0 +1,120 @@
+"""Training engine end to end on CPU: both steps, KD, AGC, resume, DDP, run-directory layout."""
+import csv
+import math
+import os
+import signal
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bnn_helpers.train import SUMMARY_COLUMNS, run
+
+torch.set_num_threads(1)  # 2 busy cores: more threads only contend
+
+TINY = dict(width_mult=0.25, batch_size=16, max_train_batches=3, workers=0, progress="none",
+            lr_schedule="linear", device="cpu", threads=1)
+
+
+def make_image_folder(root, classes=3, train_per_class=8, val_per_class=4, size=32, bad=None):
+    """ImageFolder train/ and val/ with one colour per class plus noise (learnable)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = torch.zeros(3, 1, 1)
+                base[c % 3] = 200
+                img = (base + 40 * torch.rand(3, size, size, generator=g)).clamp(0, 255).byte()
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    if bad:
+        (root / "train" / "class0" / bad).write_bytes(b"not an image")
+    return root
+
+
+def read_summary(run_dir):
+    with open(run_dir / "summary.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_two_steps_with_kd_teacher_and_agc(tmp_path):
+    data = make_image_folder(tmp_path / "data")
+    common = dict(TINY, dataset="folder", data_dir=str(data), image_size=32, batch_size=8,
+                  output_dir=str(tmp_path / "runs"))
+    teacher_dir = run(None, model="float_cnn", name="teacher", epochs=2, agc=False, **common)
+    assert (teacher_dir / "step1" / "best.pth").is_file()
+    assert not (teacher_dir / "step2").exists()  # a real-valued model has one step
+
+    run_dir = run(None, model="reactnet_a_bf", name="student", epochs=2, loss="kd",
+                  teacher_checkpoint=str(teacher_dir), agc=True, **common)
+    columns, rows = read_summary(run_dir)
+    assert columns == SUMMARY_COLUMNS
+    assert [(int(r["step"]), int(r["epoch"])) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for r in rows:
+        assert math.isfinite(float(r["train_loss"])) and 0 <= float(r["val_top1"]) <= 100
+        assert 0 <= float(r["agc_clip_share"]) <= 1 and float(r["images_per_s"]) > 0
+    for step in (1, 2):
+        for which in ("last", "best"):
+            ckpt = torch.load(run_dir / f"step{step}" / f"{which}.pth", weights_only=True)
+            assert ckpt["step"] == step and ckpt["num_classes"] == 3
+            assert ckpt["config"]["loss"] == "kd"
+    assert (run_dir / "config.yaml").read_text().count("teacher_checkpoint") == 1
+    # Step 2 started from step 1's best weights: its first epoch's lr equals step 1's.
+    assert rows[2]["lr"] == rows[0]["lr"]
+
+
+def test_resume_after_sigterm_matches_uninterrupted(tmp_path):
+    cfg = dict(TINY, dataset="digits", model="reactnet_a_bf", epochs=1, eval_batch_size=360,
+               output_dir=str(tmp_path))
+    straight = run(None, name="straight", **cfg)
+
+    def interrupt(trainer, step, epoch, batch):
+        if (step, epoch, batch) == (1, 1, 2):
+            signal.raise_signal(signal.SIGTERM)  # the engine's handler asks for a clean stop
+
+    stopped = run(None, name="resumed", on_batch_end=interrupt, **cfg)
+    ckpt = torch.load(stopped / "step1" / "last.pth", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (0, 2)
+    assert not (stopped / "step2").exists()
+    run(None, name="resumed", resume=True, **cfg)
+
+    a = torch.load(straight / "step2" / "last.pth", weights_only=True)["model"]
+    b = torch.load(stopped / "step2" / "last.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    _, rows_a = read_summary(straight)
+    _, rows_b = read_summary(stopped)
+    assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
+    assert [r["val_top1"] for r in rows_a] == [r["val_top1"] for r in rows_b]
+
+
+def _ddp_worker(rank, world, port, cfg):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    run(None, **cfg)
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    # SGD: Adam's update is ~lr*sign(g) where g is at rounding-noise level, which would turn
+    # the different summation order of 2 processes into lr-sized weight differences.
+    cfg = dict(TINY, dataset="digits", model="reactnet_a_bf", epochs=1, step="1", batch_size=16,
+               max_train_batches=2, optimizer="sgd", lr=0.05, eval_batch_size=360,
+               output_dir=str(tmp_path))
+    single = run(None, name="single", **cfg)
+    port = 29000 + os.getpid() % 1000
+    mp.start_processes(_ddp_worker, args=(2, port, dict(cfg, name="ddp")), nprocs=2,
+                       start_method="spawn")
+    a = torch.load(single / "step1" / "last.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ddp" / "step1" / "last.pth", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    _, rows_a = read_summary(single)
+    _, rows_b = read_summary(tmp_path / "ddp")
+    assert float(rows_a[0]["val_top1"]) == pytest.approx(float(rows_b[0]["val_top1"]), abs=0.3)
+    assert float(rows_a[0]["train_loss"]) == pytest.approx(float(rows_b[0]["train_loss"]), rel=1e-4)
