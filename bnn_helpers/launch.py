@@ -50,7 +50,12 @@ def _override_args(overrides: dict) -> list[str]:
 def build_command(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 1,
                   rdzv_endpoint: str | None = None, rdzv_id: str = "bnn_helpers",
                   python: str | None = None, slurm: bool = False) -> list[str] | str:
-    """The torchrun argument list (``slurm=True``: one srun shell line)."""
+    """The torchrun argument list (``slurm=True``: one srun shell line).
+
+    Without ``python`` the command starts with ``torchrun``, as a user types it on
+    their cluster; ``launch`` passes this interpreter so the child uses the same
+    environment.
+    """
     if nproc < 1 or nnodes < 1:
         raise TrainError(f"nproc and nnodes must be >= 1, got {nproc} and {nnodes}")
     train_args = ["-m", "bnn_helpers.train", "--config", _config_file(config), *_override_args(overrides)]
@@ -63,7 +68,8 @@ def build_command(config, overrides: dict | None = None, nproc: int = 1, nnodes:
                     + shlex.join(train_args))
         return (f"srun --nodes={nnodes} --ntasks-per-node=1 --gpus-per-node={nproc} "
                 f"bash -c {shlex.quote(torchrun)}")
-    cmd = [python or sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    cmd = [python, "-m", "torch.distributed.run"] if python else ["torchrun"]
+    cmd.append(f"--nproc_per_node={nproc}")
     if nnodes == 1 and rdzv_endpoint is None:
         cmd.append("--standalone")
     else:
@@ -84,7 +90,8 @@ def launch(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 
     before any process starts.
     """
     cfg = load_config(config, overrides)  # validate now: one clear error, no subprocess
-    cmd = build_command(config, overrides, nproc, nnodes, rdzv_endpoint, slurm=slurm)
+    cmd = build_command(config, overrides, nproc, nnodes, rdzv_endpoint, slurm=slurm,
+                        python=None if dry_run else sys.executable)
     if dry_run:
         return cmd if isinstance(cmd, str) else shlex.join(cmd)
     if slurm:
