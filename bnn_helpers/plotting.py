@@ -28,10 +28,10 @@ import seaborn as sns
 import torch
 
 from .binarize import ESTIMATORS
+from .paths import figs_dir
 
 __all__ = [
     "use_style",
-    "figs_dir",
     "savefig",
     "plot_signal_propagation",
     "plot_accuracy_curves",
@@ -70,19 +70,6 @@ def _colors(n: int):
 # --------------------------------------------------------------------------
 # saving
 # --------------------------------------------------------------------------
-def figs_dir() -> Path:
-    """``$BNN_FIGS_DIR`` if set, else ``<repo>/Figs`` (repo = first parent of cwd with pyproject.toml)."""
-    env = os.environ.get("BNN_FIGS_DIR")
-    if env:
-        return Path(env)
-    cwd = Path.cwd().resolve()
-    for folder in (cwd, *cwd.parents):
-        if (folder / "pyproject.toml").is_file():
-            return folder / "Figs"
-    raise FileNotFoundError(f"no pyproject.toml above {cwd}; run inside the repository "
-                            "or set BNN_FIGS_DIR to the folder for figures")
-
-
 def savefig(fig, name: str) -> Path:
     """Save ``fig`` as ``Figs/<name>.png`` (fixed dpi, no metadata) and return the path."""
     if not name or Path(name).name != name:

@@ -132,6 +132,7 @@ def test_savefig_writes_identical_png_twice(tmp_path, monkeypatch):
 def test_figs_dir_walks_up_to_the_repository_root(tmp_path, monkeypatch):
     monkeypatch.delenv("BNN_FIGS_DIR", raising=False)
     (tmp_path / "pyproject.toml").write_text("[project]\n")
+    (tmp_path / "bnn_helpers").mkdir()
     nested = tmp_path / "notebooks" / "deeper"
     nested.mkdir(parents=True)
     monkeypatch.chdir(nested)
