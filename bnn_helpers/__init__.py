@@ -14,7 +14,18 @@ Submodules: ``binarize``, ``layers``, ``models``, ``complexity``, ``convert``,
 from . import binarize, layers, models, paths  # noqa: F401  (light, always needed)
 from .launch import launch
 from .models import create_model, list_models
-from .train import run as train_run
+
+
+def train_run(config=None, overrides=None, **kwargs):
+    """In-process training run; see :func:`bnn_helpers.train.run`.
+
+    Imported on call so that ``python -m bnn_helpers.train`` does not find the
+    module already loaded by the package import.
+    """
+    from .train import run
+
+    return run(config, overrides, **kwargs)
+
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "launch", "train_run", "__version__"]

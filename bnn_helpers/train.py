@@ -671,9 +671,14 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
     if isinstance(overrides, (list, tuple)):
         overrides = parse_cli_overrides(list(overrides))
     cfg = load_config(config, {**(overrides or {}), **kwargs})
+    threads_before = torch.get_num_threads()
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    trainer = Trainer(cfg, on_batch_end=on_batch_end)
+    try:
+        trainer = Trainer(cfg, on_batch_end=on_batch_end)
+    except BaseException:
+        torch.set_num_threads(threads_before)
+        raise
     try:
         with _determinism(cfg), _signals_save(trainer):
             trainer.fit()
@@ -682,6 +687,7 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
                      "continue with --resume")
         trainer.interrupted = stop.signum
     finally:
+        torch.set_num_threads(threads_before)  # a notebook kernel keeps its own setting
         if trainer.created_group and dist.is_initialized():
             dist.destroy_process_group()
     run.last_trainer = trainer
