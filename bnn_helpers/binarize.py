@@ -4,8 +4,8 @@
 surrogate gradient in the backward pass. Every function here is a custom
 ``torch.autograd.Function`` whose forward is exactly ``torch.sign`` (note
 ``sign(0) == 0``, as in the published network) and whose backward stores only
-what it needs: the input, never the masks and polynomials a plain autograd
-composition would keep alive.
+what it needs (the input, or a one-byte mask for ``sign_ste``), never the masks
+and polynomials a plain autograd composition would keep alive.
 
 Activations
     ``sign_identity``  backward ``grad``                      (plain STE)
@@ -23,7 +23,9 @@ Weights (one per-output-channel scale ``a = mean|w|``, detached)
 
 ``reference_*`` functions are the straightforward autograd compositions of the
 same formulas (what the notebooks build as toys); the tests check the fused
-versions against them and the benchmarks time both.
+versions against them and the benchmarks time both. ``use_reference()``
+switches every layer of :mod:`bnn_helpers.layers` to them (see
+``benchmarks/README.md`` for what the fused path saves).
 """
 from __future__ import annotations
 
@@ -40,11 +42,15 @@ __all__ = [
     "binarize_weight",
     "standardize_weight",
     "binarize_standardized_weight",
+    "reference_sign_identity",
     "reference_sign_approx",
     "reference_sign_ste",
     "reference_binarize_weight",
     "reference_standardize_weight",
     "reference_binarize_standardized_weight",
+    "REFERENCE_ESTIMATORS",
+    "use_reference",
+    "reference_enabled",
     "WS_EPS",
 ]
 
@@ -68,27 +74,29 @@ class _SignIdentity(torch.autograd.Function):
 class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
+        # The gradient only needs 1[|x| <= 1]: keep one byte per entry, not x.
+        ctx.save_for_backward(x.abs() <= 1)
         return torch.sign(x)
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad, 0)
 
 
 class _SignApprox(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
+        # 2 - 2|x| is not a function of a compact code of x, so x itself is kept.
         ctx.save_for_backward(x)
         return torch.sign(x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        # 2 - 2|x| inside (-1, 1), zero outside; one temporary, no masks kept.
-        slope = (1 - x.abs()).clamp_(min=0).mul_(2)
-        return grad * slope.to(grad.dtype)
+        # grad * 2 * max(0, 1 - |x|) = -2 * grad * (min(|x|, 1) - 1), in one new tensor.
+        slope = x.abs().clamp_(max=1).sub_(1)
+        return slope.mul_(grad).mul_(-2)
 
 
 def sign_identity(x: torch.Tensor) -> torch.Tensor:
@@ -122,21 +130,78 @@ def get_estimator(name: str):
 # --------------------------------------------------------------------------
 # weights
 # --------------------------------------------------------------------------
+# Every weight path below allocates one weight-sized tensor in forward (the
+# output) and one in backward (the gradient) and otherwise works in place:
+# on CPU a fresh tensor above glibc's mmap threshold (32 MB; the 1024x1024x3x3
+# conv of ReActNet-A is 38 MB) costs page faults worth ~10 in-place passes.
+# Per-channel statistics use sum and vector norms, not ``var_mean`` (Welford),
+# which is several times slower on CPU.
+
 def _channel_dims(w: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(1, w.dim()))
+
+
+def _centre(w: torch.Tensor, out: torch.Tensor | None = None):
+    """``(w - mean, mean)`` per output channel; the difference is written to ``out`` if given."""
+    mean = w.sum(dim=_channel_dims(w), keepdim=True).div_(w[0].numel())
+    return torch.sub(w, mean, out=out) if out is not None else w - mean, mean
+
+
+def _std_stats(w: torch.Tensor, eps: float):
+    """Centred weights ``u`` (new tensor), per-channel mean, biased std, ``std+eps``, ``1/sqrt(n)``."""
+    dims = _channel_dims(w)
+    n = w[0].numel()
+    centred, mean = _centre(w)
+    std = torch.linalg.vector_norm(centred, 2, dim=dims, keepdim=True).div_(math.sqrt(n))
+    return centred, mean, std, std + eps, 1.0 / math.sqrt(n)
+
+
+def _clamp_never_clips(w: torch.Tensor) -> bool:
+    """True when ``|w_hat| <= 1`` is guaranteed, so the STE clamp mask is all ones.
+
+    For ``n`` values ``|x_i - mean| <= std * sqrt(n - 1)`` (biased std), hence
+    ``|w_hat| = |x_i - mean| / (std + eps) / sqrt(n) <= sqrt(1 - 1/n) < 1``.
+    The margin ``~1/(2n)`` must dwarf rounding, so low-precision or huge
+    channels still compute the mask.
+    """
+    return torch.finfo(w.dtype).eps * w[0].numel() <= 1e-2
+
+
+def _standardize_grad(grad, w, mean, std, s, c, gain, centred_dot, out):
+    """``dL/dw`` of ``w_hat * gain`` with ``w_hat = c * (w - mean) / s``, ``s = std + eps``.
+
+    With ``u = w - mean``, ``g = grad * gain`` and ``n`` weights per channel::
+
+        dL/dw = c/s * (g - mean(g)) - c/s**2 * sum(g*u) / (n*std) * u
+
+    ``centred_dot`` is ``sum(grad*u)`` per channel. Written into ``out`` in two
+    passes as ``(k*mean + b - k*w) + a*grad``, so ``u`` need not be kept.
+    """
+    n = w[0].numel()
+    a = c / s if gain is None else gain * (c / s)
+    # std == 0 only for a constant channel; its u is 0 too, so the term vanishes.
+    k = (a * centred_dot / s).div_(std.clamp_min(torch.finfo(std.dtype).tiny) * n)
+    b = k * mean - a * grad.sum(dim=_channel_dims(grad), keepdim=True).div_(n)
+    return torch.addcmul(b, w, k.neg(), out=out).addcmul_(grad, a)
+
+
+def _dot_per_channel(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """``sum(a*b)`` over each output channel, using ``scratch`` (may be ``b``) for the product."""
+    return torch.mul(a, b, out=scratch).sum(dim=_channel_dims(a), keepdim=True)
 
 
 class _BinarizeWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w):
-        scale = w.abs().mean(dim=_channel_dims(w), keepdim=True)
+        scale = torch.linalg.vector_norm(w, 1, dim=_channel_dims(w), keepdim=True).div_(w[0].numel())
         ctx.save_for_backward(w)
         return torch.sign(w).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
         (w,) = ctx.saved_tensors
-        return grad * (w.abs() <= 1).to(grad.dtype)
+        # 1[|w| <= 1] as 0./1. in the one new tensor, then times grad.
+        return w.abs().le_(1).mul_(grad)
 
 
 def binarize_weight(w: torch.Tensor) -> torch.Tensor:
@@ -144,50 +209,28 @@ def binarize_weight(w: torch.Tensor) -> torch.Tensor:
     return _BinarizeWeight.apply(w)
 
 
-def _std_stats(w: torch.Tensor, eps: float):
-    """Per-output-channel centred weights, ``1/(std+eps)`` and ``1/sqrt(fan_in)``."""
-    dims = _channel_dims(w)
-    fan_in = w[0].numel()
-    var, mean = torch.var_mean(w, dim=dims, keepdim=True, correction=0)
-    std = var.sqrt()
-    centred = w - mean
-    inv = 1.0 / (std + eps)
-    return centred, std, inv, 1.0 / math.sqrt(fan_in)
-
-
-def _standardize_backward(grad_hat, centred, std, inv, c):
-    """Gradient of ``w_hat = c * (w - mean) / (std + eps)`` with respect to ``w``.
-
-    With ``u = w - mean``, ``s = std + eps`` and ``n`` weights per channel:
-    ``dL/dw = c/s * (g - mean(g)) - c/s**2 * sum(g*u) * u / (n*std)``.
-    """
-    dims = _channel_dims(grad_hat)
-    n = centred[0].numel()
-    g_mean = grad_hat.mean(dim=dims, keepdim=True)
-    gu = (grad_hat * centred).sum(dim=dims, keepdim=True)
-    # std == 0 only for a constant channel; its u is 0 too, so the term vanishes.
-    coef = gu * inv * inv * c / (n * std.clamp_min(torch.finfo(std.dtype).tiny))
-    return (grad_hat - g_mean).mul_(inv * c).sub_(centred * coef)
-
-
 class _StandardizeWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, gain, eps):
-        centred, std, inv, c = _std_stats(w, eps)
-        w_hat = centred * (inv * c)
-        ctx.save_for_backward(centred, std, inv, w_hat if gain is not None else None, gain)
+        centred, mean, std, s, c = _std_stats(w, eps)
+        ctx.save_for_backward(w, mean, std, s, gain)
         ctx.c = c
-        return w_hat * gain if gain is not None else w_hat
+        factor = c / s if gain is None else gain * (c / s)
+        return centred.mul_(factor)
 
     @staticmethod
     def backward(ctx, grad):
-        centred, std, inv, w_hat, gain = ctx.saved_tensors
+        w, mean, std, s, gain = ctx.saved_tensors
+        c = ctx.c
+        centred, _ = _centre(w)
+        centred_dot = _dot_per_channel(grad, centred, centred)
         grad_gain = None
-        if gain is not None:
-            if ctx.needs_input_grad[1]:
-                grad_gain = (grad * w_hat).sum(dim=_channel_dims(grad), keepdim=True)
-            grad = grad * gain
-        grad_w = _standardize_backward(grad, centred, std, inv, ctx.c)
+        if gain is not None and ctx.needs_input_grad[1]:
+            # d out / d gain = w_hat = c*u/s.
+            grad_gain = centred_dot * (c / s)
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_w = _standardize_grad(grad, w, mean, std, s, c, gain, centred_dot, centred)
         return grad_w, grad_gain, None
 
 
@@ -203,27 +246,33 @@ def standardize_weight(w: torch.Tensor, gain: torch.Tensor | None = None,
 class _BinarizeStandardizedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, gain, eps):
-        centred, std, inv, c = _std_stats(w, eps)
-        w_hat = centred.mul(inv * c)
-        scale = w_hat.abs().mean(dim=_channel_dims(w), keepdim=True)
-        signs = torch.sign(w_hat)
-        ctx.save_for_backward(centred, std, inv, w_hat, gain, scale)
+        centred, mean, std, s, c = _std_stats(w, eps)
+        n = w[0].numel()
+        # mean|w_hat| = c/s * mean|u|
+        scale = torch.linalg.vector_norm(centred, 1, dim=_channel_dims(w), keepdim=True)
+        scale.mul_(c / n).div_(s)
+        ctx.save_for_backward(w, mean, std, s, gain, scale)
         ctx.c = c
-        out = signs.mul_(scale)
-        return out * gain if gain is not None else out
+        # One multiply by scale*gain: every entry is exactly +-(scale*gain) or 0.
+        return centred.sign_().mul_(scale if gain is None else scale * gain)
 
     @staticmethod
     def backward(ctx, grad):
-        centred, std, inv, w_hat, gain, scale = ctx.saved_tensors
+        w, mean, std, s, gain, scale = ctx.saved_tensors
+        c = ctx.c
+        buf, _ = _centre(w)
+        if not _clamp_never_clips(w):
+            grad = grad * (buf.abs().mul_(c).div_(s) <= 1).to(grad.dtype)
+            torch.sub(w, mean, out=buf)
+        centred_dot = _dot_per_channel(grad, buf, buf)
         grad_gain = None
-        if gain is not None:
-            if ctx.needs_input_grad[1]:
-                # d out / d gain = scale * sign(w_hat); sum over each channel.
-                grad_gain = (grad * torch.sign(w_hat)).sum(
-                    dim=_channel_dims(grad), keepdim=True).mul_(scale)
-            grad = grad * gain
-        grad_hat = grad * (w_hat.abs() <= 1).to(grad.dtype)
-        grad_w = _standardize_backward(grad_hat, centred, std, inv, ctx.c)
+        if gain is not None and ctx.needs_input_grad[1]:
+            # d out / d gain = scale * sign(u).
+            torch.sub(w, mean, out=buf).sign_()
+            grad_gain = _dot_per_channel(grad, buf, buf).mul_(scale)
+        grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_w = _standardize_grad(grad, w, mean, std, s, c, gain, centred_dot, buf)
         return grad_w, grad_gain, None
 
 
@@ -240,6 +289,10 @@ def binarize_standardized_weight(w: torch.Tensor, gain: torch.Tensor | None = No
 # --------------------------------------------------------------------------
 # straightforward autograd compositions (reference for tests and benchmarks)
 # --------------------------------------------------------------------------
+def reference_sign_identity(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x).detach() - x.detach() + x
+
+
 def reference_sign_approx(x: torch.Tensor) -> torch.Tensor:
     """ApproxSign written as masks and polynomials; autograd keeps them all."""
     forward = torch.sign(x)
@@ -285,3 +338,39 @@ def reference_binarize_standardized_weight(w: torch.Tensor, gain: torch.Tensor |
                                            eps: float = WS_EPS) -> torch.Tensor:
     out = reference_binarize_weight(reference_standardize_weight(w, None, eps))
     return out * gain if gain is not None else out
+
+
+REFERENCE_ESTIMATORS = {"identity": reference_sign_identity, "ste": reference_sign_ste,
+                        "approx": reference_sign_approx}
+
+_reference_mode = False
+
+
+class use_reference:
+    """Make the layers of :mod:`bnn_helpers.layers` use the ``reference_*`` compositions.
+
+    Works like ``torch.set_grad_enabled``: ``use_reference(True)`` switches at
+    once (process-wide); as a context manager it restores the previous mode on
+    exit. Layers read the mode at every forward, so the same model can be timed
+    both ways::
+
+        with use_reference():
+            loss = model(x).sum()   # straightforward autograd composition
+    """
+
+    def __init__(self, enabled: bool = True):
+        global _reference_mode
+        self.previous = _reference_mode
+        _reference_mode = bool(enabled)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        global _reference_mode
+        _reference_mode = self.previous
+
+
+def reference_enabled() -> bool:
+    """True while :class:`use_reference` has switched the layers to the compositions."""
+    return _reference_mode

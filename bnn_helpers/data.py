@@ -12,7 +12,9 @@
 
 ``make_loader`` shards every global batch over the processes so that N
 processes with batch B/N see exactly the samples one process sees with batch B.
-Data order depends only on (seed, epoch), which makes resuming mid-epoch exact.
+Data order depends only on (seed, epoch), which makes resuming mid-epoch exact
+for in-memory data and ``workers: 0``; with loader workers, augmentation after a
+mid-epoch resume differs (batches land on other workers), the order does not.
 """
 from __future__ import annotations
 

@@ -8,7 +8,16 @@
 * :class:`BinaryScaledStdConv2d` – standardize, binarize, then ``gain``.
 
 Every conv here is an ``nn.Conv2d`` whose ``effective_weight()`` is the weight
-the convolution really uses, so ``layer(x) == F.conv2d(x, layer.effective_weight(), ...)``.
+the convolution really uses, so ``layer(x) == F.conv2d(x, layer.effective_weight(), ...)``
+(up to float rounding where the CPU matmul path below is taken).
+
+Speed (see ``benchmarks/README.md``): the effective weight is one fused
+autograd Function; in eval mode under ``no_grad`` it is cached until a
+parameter changes. On CPU a conv whose output has at most
+``SMALL_OUTPUT_PIXELS`` pixels (the last stages of a 32x32 network) runs as
+unfold + one matmul, skipping kernel taps that only ever see padding: oneDNN's
+backward for such shapes is 3-6x slower. ``bnn_helpers.binarize.use_reference``
+switches all of it back to the straightforward composition and ``F.conv2d``.
 
 Why not timm's ``ScaledStdConv2d``: it normalizes with ``sqrt(var + eps)``
 (eps 1e-6). The published BN-free network divides by ``std + 1e-5``; with
@@ -20,12 +29,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .binarize import (
+    REFERENCE_ESTIMATORS,
     WS_EPS,
     binarize_standardized_weight,
     binarize_weight,
     get_estimator,
+    reference_binarize_standardized_weight,
+    reference_binarize_weight,
+    reference_enabled,
+    reference_standardize_weight,
     standardize_weight,
 )
 
@@ -38,7 +53,11 @@ __all__ = [
     "BinaryScaledStdConv2d",
     "is_binary_conv",
     "make_conv",
+    "SMALL_OUTPUT_PIXELS",
 ]
+
+#: CPU convs with at most this many output pixels (H_out * W_out) use unfold + matmul.
+SMALL_OUTPUT_PIXELS = 4
 
 
 def _check_channels(name: str, **sizes: int) -> None:
@@ -72,7 +91,8 @@ class RSign(nn.Module):
         self._sign = get_estimator(estimator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._sign(self.shift(x))
+        sign = REFERENCE_ESTIMATORS[self.estimator] if reference_enabled() else self._sign
+        return sign(self.shift(x))
 
     def extra_repr(self) -> str:
         return f"estimator={self.estimator!r}"
@@ -98,6 +118,9 @@ class _TransformedWeightConv2d(nn.Conv2d):
     binary_weights = False
     #: True when the latent weight is standardized per output channel.
     standardized = False
+    #: Reuse the effective weight in eval mode under no_grad until a parameter
+    #: changes (set False on an instance to recompute it at every forward).
+    cache_eval_weight = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: int = 0, groups: int = 1):
@@ -114,12 +137,14 @@ class _TransformedWeightConv2d(nn.Conv2d):
         raise NotImplementedError
 
     def _cache_key(self):
+        # optimizer.step(), load_state_dict() and any in-place edit bump _version;
+        # .to()/.half() give new storage. Either invalidates the cached weight.
         return tuple((p.data_ptr(), p._version) for p in self.parameters(recurse=False))
 
     def _weight_for_forward(self) -> torch.Tensor:
         # In eval mode without autograd the effective weight only changes when a
         # parameter does, so compute it once and reuse it (cheap inference).
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or not self.cache_eval_weight:
             self._cache = None
             return self.effective_weight()
         key = self._cache_key()
@@ -132,7 +157,49 @@ class _TransformedWeightConv2d(nn.Conv2d):
             raise ValueError(
                 f"{type(self).__name__} expects input of shape (N, {self.in_channels}, H, W), "
                 f"got {tuple(x.shape)}")
-        return self._conv_forward(x, self._weight_for_forward(), None)
+        weight = self._weight_for_forward()
+        if x.device.type == "cpu" and not reference_enabled():
+            plan = self._small_output_plan(x.shape[-2:])
+            if plan is not None:
+                return _matmul_conv2d(x, weight, self.stride, self.dilation, plan)
+        return self._conv_forward(x, weight, None)
+
+    def _small_output_plan(self, size):
+        """Kernel taps and padding for the matmul path, or None to use ``F.conv2d``."""
+        if (self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str)
+                or self.kernel_size == (1, 1)):
+            return None
+        dims = list(zip(size, self.kernel_size, self.stride, self.padding, self.dilation))
+        outs = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in dims]
+        if min(outs) < 1 or outs[0] * outs[1] > SMALL_OUTPUT_PIXELS:
+            return None
+        plan = []
+        for (n, k, s, p, d), n_out in zip(dims, outs):
+            # Taps that read a real pixel for at least one output position.
+            used = [t for t in range(k) if any(0 <= o * s - p + t * d < n for o in range(n_out))]
+            if not used:
+                return None
+            first, last = used[0], used[-1]
+            pad = p - first * d
+            if pad < 0 or (n + 2 * pad - d * (last - first) - 1) // s + 1 != n_out:
+                first, last, pad = 0, k - 1, p
+            plan.append((n_out, first, last, pad))
+        return tuple(plan)
+
+
+def _matmul_conv2d(x, weight, stride, dilation, plan):
+    """``F.conv2d`` as unfold + one matmul over the kernel taps in ``plan``.
+
+    Taps that only ever read padding contribute zeros, so they are dropped (a
+    3x3 conv on a 1x1 map is a 1x1 conv with the centre tap). Their weight
+    gradient is zero, as in ``F.conv2d``.
+    """
+    (h_out, r0, r1, pad_h), (w_out, c0, c1, pad_w) = plan
+    kernel = weight[:, :, r0:r1 + 1, c0:c1 + 1]
+    cols = F.unfold(x, kernel.shape[-2:], dilation=dilation, padding=(pad_h, pad_w),
+                    stride=stride)                                 # N, C*kh*kw, L
+    out = cols.transpose(1, 2) @ kernel.reshape(kernel.shape[0], -1).t()   # N, L, C_out
+    return out.transpose(1, 2).reshape(x.shape[0], weight.shape[0], h_out, w_out)
 
 
 class ScaledStdConv2d(_TransformedWeightConv2d):
@@ -151,7 +218,8 @@ class ScaledStdConv2d(_TransformedWeightConv2d):
         self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1))
 
     def effective_weight(self) -> torch.Tensor:
-        return standardize_weight(self.weight, self.gain, self.eps)
+        fn = reference_standardize_weight if reference_enabled() else standardize_weight
+        return fn(self.weight, self.gain, self.eps)
 
 
 class BinaryConv2d(_TransformedWeightConv2d):
@@ -169,7 +237,8 @@ class BinaryConv2d(_TransformedWeightConv2d):
             self.weight.uniform_(0.0, 1e-3)
 
     def effective_weight(self) -> torch.Tensor:
-        return binarize_weight(self.weight)
+        fn = reference_binarize_weight if reference_enabled() else binarize_weight
+        return fn(self.weight)
 
 
 class BinaryScaledStdConv2d(BinaryConv2d):
@@ -184,7 +253,9 @@ class BinaryScaledStdConv2d(BinaryConv2d):
         self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1))
 
     def effective_weight(self) -> torch.Tensor:
-        return binarize_standardized_weight(self.weight, self.gain, self.eps)
+        fn = (reference_binarize_standardized_weight if reference_enabled()
+              else binarize_standardized_weight)
+        return fn(self.weight, self.gain, self.eps)
 
 
 def is_binary_conv(module: nn.Module) -> bool:

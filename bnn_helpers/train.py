@@ -26,7 +26,10 @@ Several machines (run on every node; same rendezvous endpoint)::
 Under SLURM either wrap that torchrun in ``srun`` (see
 ``bnn_helpers.launch.launch(..., dry_run=True, slurm=True)``) or start one
 task per GPU with ``srun``: RANK/WORLD_SIZE/LOCAL_RANK are then read from
-SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID. ``--resume`` continues a run exactly;
+SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID. ``--resume`` continues a run exactly (mid-epoch with
+``workers: 0``; with loader workers the sample order is the same but the random
+augmentation of the rest of that epoch differs, since each worker draws its own
+stream);
 SIGTERM/SIGINT save ``last.pth`` and exit. In Python (same code path)::
 
     from bnn_helpers.train import run
