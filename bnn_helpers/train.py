@@ -540,7 +540,7 @@ class Trainer:
                     device_sums[4] += clip_share.to(self.device, torch.float64)
                     device_sums[5] += 1
             done = i + 1
-            progress.update(i, float(loss) if done % postfix_every == 0 else None)
+            progress.update(i, loss.item() if done % postfix_every == 0 else None)
             if self.on_batch_end is not None:
                 self.on_batch_end(self, step, epoch, done)
             flags = [float(self.stop_signal or 0), 0.0]
