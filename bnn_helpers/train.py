@@ -358,6 +358,10 @@ class Trainer:
         else:
             opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
         epochs = cfg["epochs"]
+        if cfg["lr_schedule"] == "published" and epochs == 1:
+            warnings.warn("lr_schedule 'published' with epochs=1 trains at lr 0 (the rate is "
+                          "lowered before each epoch); use --lr-schedule linear for short runs",
+                          stacklevel=2)
         factor = {"published": lambda e: 1.0 - e / epochs,       # stepped before epoch e = 1..E
                   "linear": lambda e: 1.0 - (e - 1) / epochs,    # e = 1..E -> 1 .. 1/E
                   "constant": lambda e: 1.0}[cfg["lr_schedule"]]
