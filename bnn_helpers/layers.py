@@ -119,7 +119,8 @@ class _TransformedWeightConv2d(nn.Conv2d):
     #: True when the latent weight is standardized per output channel.
     standardized = False
     #: Reuse the effective weight in eval mode under no_grad until a parameter
-    #: changes (set False on an instance to recompute it at every forward).
+    #: changes (set False on an instance to recompute it at every forward; a
+    #: cached weight is kept, and dropped at the next training forward).
     cache_eval_weight = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
@@ -144,8 +145,10 @@ class _TransformedWeightConv2d(nn.Conv2d):
     def _weight_for_forward(self) -> torch.Tensor:
         # In eval mode without autograd the effective weight only changes when a
         # parameter does, so compute it once and reuse it (cheap inference).
-        if self.training or torch.is_grad_enabled() or not self.cache_eval_weight:
+        if self.training or torch.is_grad_enabled():
             self._cache = None
+            return self.effective_weight()
+        if not self.cache_eval_weight:
             return self.effective_weight()
         key = self._cache_key()
         if self._cache is None or self._cache[0] != key:
@@ -196,10 +199,13 @@ def _matmul_conv2d(x, weight, stride, dilation, plan):
     """
     (h_out, r0, r1, pad_h), (w_out, c0, c1, pad_w) = plan
     kernel = weight[:, :, r0:r1 + 1, c0:c1 + 1]
+    n = x.shape[0]
     cols = F.unfold(x, kernel.shape[-2:], dilation=dilation, padding=(pad_h, pad_w),
                     stride=stride)                                 # N, C*kh*kw, L
-    out = cols.transpose(1, 2) @ kernel.reshape(kernel.shape[0], -1).t()   # N, L, C_out
-    return out.transpose(1, 2).reshape(x.shape[0], weight.shape[0], h_out, w_out)
+    # One 2-D GEMM; a batched matmul would re-read the weight once per image.
+    cols = cols.transpose(1, 2).reshape(n * h_out * w_out, -1)     # N*L, C*kh*kw
+    out = torch.mm(cols, kernel.reshape(kernel.shape[0], -1).t())  # N*L, C_out
+    return out.view(n, h_out * w_out, -1).transpose(1, 2).reshape(n, -1, h_out, w_out)
 
 
 class ScaledStdConv2d(_TransformedWeightConv2d):

@@ -1,0 +1,370 @@
+"""Training-step cost of ReActNet-A: the fused package against the straightforward composition.
+
+Three measurements, all in one run so their ratios share the same machine state:
+
+1. Training step (zero_grad, forward, cross-entropy, backward, Adam step) for
+   every variant (bn / none / bf x step 1 / step 2) at two shapes:
+   32x32 input, batch 32, 10 classes and 224x224, batch 8, 1000 classes.
+   The package and the composition (``bnn_helpers.binarize.use_reference``)
+   run on the same model, alternating step by step, so load changes on a
+   shared machine hit both alike. Reported: median step time after warm-up,
+   images/s, peak memory of one step, and composition/package ratios.
+2. Peak training memory at 224x224, batch 32 (package vs composition).
+3. Eval throughput of the BN-free step-2 network with the cached binary
+   weights against recomputing them at every forward.
+
+Peak memory is what one training step adds on top of what is live before it
+(parameters, Adam state, inputs). On CUDA: ``torch.cuda.max_memory_allocated``.
+On CPU torch has no allocator statistics, so the peak resident set size is
+used: free heap pages are returned with ``malloc_trim``, the kernel's peak
+counter is reset (``/proc/self/clear_refs``), and the step's peak is
+``VmHWM - VmRSS`` before it. It counts every tensor torch touches plus glibc's
+fragmentation, so it is an upper bound on live tensor bytes.
+
+Usage::
+
+    python benchmarks/train_step.py --json benchmarks/results/train_step.json
+    python benchmarks/train_step.py --quick          # smoke test: tiny width, one step
+    python benchmarks/train_step.py --sections train --shapes 32px --variants bf --steps-of 2 --profile
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bnn_helpers import create_model
+from bnn_helpers.binarize import use_reference
+from bnn_helpers.layers import is_binary_conv
+
+SHAPES = {
+    "32px": dict(resolution=32, batch=32, classes=10),
+    "224px": dict(resolution=224, batch=8, classes=1000),
+}
+# --quick keeps every code path with a tiny network and tiny inputs.
+QUICK_SHAPES = {
+    "32px": dict(resolution=32, batch=4, classes=10),
+    "224px": dict(resolution=64, batch=2, classes=1000),
+}
+VARIANTS = ("bn", "none", "bf")
+IMPLS = ("package", "composition")
+SECTIONS = ("train", "memory", "eval")
+
+
+# --------------------------------------------------------------------------
+# measurement helpers
+# --------------------------------------------------------------------------
+def _proc_status_bytes(key: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) * 1024
+
+
+def _cpu_peak_supported() -> bool:
+    try:
+        _proc_status_bytes("VmHWM")
+        Path("/proc/self/clear_refs").write_text("5")
+        return ctypes.util.find_library("c") is not None
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_step_memory(step, device: torch.device) -> int | None:
+    """Bytes one call of ``step()`` adds at its peak over what is live before it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if not _cpu_peak_supported():
+        return None
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _proc_status_bytes("VmRSS")
+    step()
+    return _proc_status_bytes("VmHWM") - before
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def alternate(fns: dict, warmup: int, rounds: int, device) -> tuple[dict, dict]:
+    """Time each callable once per round, alternating the order.
+
+    Returns per-name lists of wall-clock and of process-CPU seconds.
+    """
+    names = list(fns)
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    for r in range(warmup + rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            w, c = timed(fns[name], device)
+            if r >= warmup:
+                wall[name].append(w)
+                cpu[name].append(c)
+    return wall, cpu
+
+
+def mib(n):
+    return None if n is None else n / 2**20
+
+
+# --------------------------------------------------------------------------
+# the training step
+# --------------------------------------------------------------------------
+def build(variant: str, step_of: int, shape: dict, width: float, device, seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model(f"reactnet_a_{variant}", binary_weights=step_of == 2,
+                         num_classes=shape["classes"], width_mult=width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    res = shape["resolution"]
+    x = torch.randn(shape["batch"], 3, res, res, device=device)
+    y = torch.randint(0, shape["classes"], (shape["batch"],), device=device)
+    return model, optimizer, x, y
+
+
+def make_train_step(model, optimizer, x, y, impl: str):
+    def step():
+        with use_reference(impl == "composition"):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return step
+
+
+def bench_train(args, shapes, device, results):
+    rows = results["train_step"]
+    for shape_name in args.shapes:
+        shape = shapes[shape_name]
+        for variant in args.variants:
+            for step_of in args.steps_of:
+                model, opt, x, y = build(variant, step_of, shape, args.width, device)
+                steps = {impl: make_train_step(model, opt, x, y, impl) for impl in IMPLS}
+                times, cpu = alternate(steps, args.warmup, args.rounds, device)
+                for impl in IMPLS:
+                    median = statistics.median(times[impl])
+                    rows.append(dict(shape=shape_name, **shape, variant=variant, step=step_of,
+                                     impl=impl, median_s=median,
+                                     images_per_s=shape["batch"] / median,
+                                     cpu_median_s=statistics.median(cpu[impl]),
+                                     times_s=times[impl],
+                                     peak_mib=mib(peak_step_memory(steps[impl], device))))
+                    print(_train_row(rows[-1]), flush=True)
+                if args.profile and variant == "bf" and step_of == 2:
+                    profile_step(steps["package"], device, args.profile_rows)
+                del model, opt, steps
+    results["train_ratios"] = _train_ratios(rows)
+
+
+def _train_row(r):
+    peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:8.1f}"
+    return (f"{r['shape']:>6} {r['variant']:>4} step{r['step']} {r['impl']:>11}: "
+            f"{r['median_s'] * 1e3:9.1f} ms (cpu {r['cpu_median_s'] * 1e3:9.1f} ms) "
+            f"{r['images_per_s']:8.2f} img/s  peak {peak} MiB")
+
+
+def _train_ratios(rows):
+    """composition/package time and memory ratios, and each variant against bn (package)."""
+    index = {(r["shape"], r["variant"], r["step"], r["impl"]): r for r in rows}
+    ratios = []
+    for (shape, variant, step_of, impl), pkg in index.items():
+        if impl != "package":
+            continue
+        comp = index.get((shape, variant, step_of, "composition"))
+        bn = index.get((shape, "bn", step_of, "package"))
+        entry = dict(shape=shape, variant=variant, step=step_of,
+                     speedup_vs_composition=comp["median_s"] / pkg["median_s"] if comp else None,
+                     cpu_speedup_vs_composition=(comp["cpu_median_s"] / pkg["cpu_median_s"]
+                                                 if comp else None),
+                     time_vs_bn_package=pkg["median_s"] / bn["median_s"] if bn else None,
+                     memory_vs_composition=(pkg["peak_mib"] / comp["peak_mib"]
+                                            if comp and pkg["peak_mib"] and comp["peak_mib"]
+                                            else None))
+        ratios.append(entry)
+    return ratios
+
+
+def profile_step(step, device, rows: int):
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows), flush=True)
+
+
+# --------------------------------------------------------------------------
+# memory at 224x224, batch 32
+# --------------------------------------------------------------------------
+def bench_memory(args, device, results):
+    shape = dict(resolution=args.memory_resolution, batch=args.memory_batch, classes=1000)
+    rows = results["memory"]
+    for variant in args.memory_variants:
+        model, opt, x, y = build(variant, 2, shape, args.width, device)
+        peaks = {}
+        for impl in IMPLS:
+            step = make_train_step(model, opt, x, y, impl)
+            step()  # Adam state exists before the measured step
+            peaks[impl] = peak_step_memory(step, device)
+        row = dict(**shape, variant=variant, step=2,
+                   package_mib=mib(peaks["package"]), composition_mib=mib(peaks["composition"]),
+                   ratio=(peaks["package"] / peaks["composition"]
+                          if peaks["package"] and peaks["composition"] else None))
+        rows.append(row)
+        print(f"memory {shape['resolution']}px b{shape['batch']} {variant} step2: package "
+              f"{_fmt(row['package_mib'])} MiB, composition {_fmt(row['composition_mib'])} MiB, "
+              f"ratio {_fmt(row['ratio'], '.3f')}", flush=True)
+        del model, opt
+
+
+def _fmt(value, spec=".1f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+# --------------------------------------------------------------------------
+# eval throughput: cached vs recomputed binary weights
+# --------------------------------------------------------------------------
+def set_weight_cache(model, enabled: bool):
+    for module in model.modules():
+        if hasattr(module, "cache_eval_weight"):
+            module.cache_eval_weight = enabled
+
+
+def bench_eval(args, shapes, device, results):
+    rows = results["eval"]
+    for shape_name in args.shapes:
+        shape = shapes[shape_name]
+        model, _, x, _ = build("bf", 2, shape, args.width, device)
+        model.eval()
+        assert any(is_binary_conv(m) for m in model.modules())
+
+        def forward(cached):
+            def run():
+                set_weight_cache(model, cached)
+                with torch.no_grad():
+                    model(x)
+            return run
+
+        times, cpu = alternate({"cached": forward(True), "uncached": forward(False)},
+                               args.warmup, args.eval_rounds, device)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
+        row = dict(shape=shape_name, **shape, variant="bf", step=2,
+                   cached_images_per_s=shape["batch"] / med["cached"],
+                   uncached_images_per_s=shape["batch"] / med["uncached"],
+                   speedup=med["uncached"] / med["cached"],
+                   cpu_speedup=cpu_med["uncached"] / cpu_med["cached"], times_s=times)
+        rows.append(row)
+        print(f"eval {shape_name} bf step2: cached {row['cached_images_per_s']:.1f} img/s, "
+              f"uncached {row['uncached_images_per_s']:.1f} img/s, speedup {row['speedup']:.2f}x "
+              f"(cpu {row['cpu_speedup']:.2f}x)", flush=True)
+        set_weight_cache(model, True)
+        del model
+
+
+# --------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: width 0.25, small inputs, 1 warm-up + 1 timed step")
+    p.add_argument("--json", type=Path, help="write all results to this JSON file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--steps-of", nargs="+", type=int, choices=(1, 2), default=[1, 2],
+                   help="training steps (1: real weights, 2: binary weights)")
+    p.add_argument("--width", type=float, default=1.0, help="width_mult (default 1 = published)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7, help="timed training steps per implementation")
+    p.add_argument("--eval-rounds", type=int, default=9)
+    p.add_argument("--memory-batch", type=int, default=32)
+    p.add_argument("--memory-resolution", type=int, default=224)
+    p.add_argument("--memory-variants", nargs="+", choices=VARIANTS, default=["bf"])
+    p.add_argument("--profile", action="store_true",
+                   help="print a torch.profiler table of the bf step-2 package step")
+    p.add_argument("--profile-rows", type=int, default=25)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.width, args.warmup, args.rounds, args.eval_rounds = 0.25, 1, 1, 1
+        args.threads = args.threads or 1
+        args.memory_batch, args.memory_resolution = 2, 64
+    if min(args.warmup, 0) < 0 or args.rounds < 1 or args.eval_rounds < 1:
+        p.error("--rounds and --eval-rounds must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but CUDA is not available; use --device cpu")
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, device)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args, device):
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    results = dict(
+        meta=dict(torch=torch.__version__, python=platform.python_version(),
+                  machine=platform.processor() or platform.machine(), device=str(device),
+                  threads=torch.get_num_threads(), quick=args.quick, width_mult=args.width,
+                  warmup=args.warmup, rounds=args.rounds, argv=args.argv,
+                  memory_method=("torch.cuda.max_memory_allocated" if device.type == "cuda"
+                                 else "peak RSS (VmHWM) above RSS before the step, after malloc_trim")),
+        train_step=[], train_ratios=[], memory=[], eval=[])
+    if "train" in args.sections:
+        bench_train(args, shapes, device, results)
+        print("\ncomposition/package time (speedup), package time vs bn, package/composition memory:")
+        for r in results["train_ratios"]:
+            print(f"  {r['shape']:>6} {r['variant']:>4} step{r['step']}: "
+                  f"speedup {_fmt(r['speedup_vs_composition'], '.2f')}x "
+                  f"(cpu {_fmt(r['cpu_speedup_vs_composition'], '.2f')}x)  "
+                  f"vs bn {_fmt(r['time_vs_bn_package'], '.2f')}  "
+                  f"memory {_fmt(r['memory_vs_composition'], '.2f')}")
+    if "memory" in args.sections:
+        bench_memory(args, device, results)
+    if "eval" in args.sections:
+        bench_eval(args, shapes, device, results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

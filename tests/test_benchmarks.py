@@ -1,0 +1,57 @@
+"""The benchmark scripts run end to end in quick mode (timings are never asserted)."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu_throughput  # noqa: E402
+import train_step  # noqa: E402
+
+
+def test_train_step_quick_writes_complete_json(tmp_path):
+    out = tmp_path / "train_step.json"
+    results = train_step.main(["--quick", "--json", str(out), "--variants", "bf", "bn",
+                               "--steps-of", "2"])
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["quick"] and saved["meta"]["memory_method"]
+    rows = saved["train_step"]
+    assert {(r["shape"], r["variant"], r["impl"]) for r in rows} == {
+        (s, v, i) for s in ("32px", "224px") for v in ("bf", "bn")
+        for i in ("package", "composition")}
+    for row in rows:
+        assert row["median_s"] > 0 and row["images_per_s"] > 0
+        assert row["peak_mib"] is None or row["peak_mib"] >= 0
+    ratios = {(r["shape"], r["variant"]): r for r in saved["train_ratios"]}
+    assert ratios[("32px", "bf")]["speedup_vs_composition"] > 0
+    assert ratios[("32px", "bn")]["time_vs_bn_package"] == 1.0
+    assert len(saved["memory"]) == 1 and saved["memory"][0]["batch"] == 2
+    assert {r["shape"] for r in saved["eval"]} == {"32px", "224px"}
+    assert results["eval"][0]["cached_images_per_s"] > 0
+
+
+def test_train_step_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        train_step.parse_args(["--rounds", "0"])
+
+
+def test_gpu_throughput_exits_cleanly_without_cuda(capsys):
+    if gpu_throughput.torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real benchmark would run")
+    assert gpu_throughput.main([]) is None
+    assert "CUDA is not available" in capsys.readouterr().out
+
+
+def test_gpu_throughput_code_path_on_cpu(tmp_path):
+    # torch.compile (eager backend) traces the whole network: about a minute on
+    # 2 busy cores, so it runs only when asked for.
+    extra = [] if os.environ.get("BNN_BENCH_COMPILE") == "1" else ["--no-compile"]
+    out = tmp_path / "gpu.json"
+    result = gpu_throughput.main(["--device", "cpu", "--quick", "--json", str(out), *extra])
+    names = [r["setting"] for r in result["rows"]]
+    assert names[:3] == ["composition fp32", "package fp32", "package bf16+cl"]
+    assert result["rows"][0]["speedup_vs_composition"] == 1.0
+    assert json.loads(out.read_text())["batch"] == 2
