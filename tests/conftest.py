@@ -22,3 +22,15 @@ def _scratch_output_dirs(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module: small convs run far slower with two
+    threads when the two cores are shared with other work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

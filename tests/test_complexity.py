@@ -13,12 +13,7 @@ SPEC_A_OUT = [64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
 SPEC_A_SPATIAL_224 = [112, 56, 56, 28, 28, 14, 14, 14, 14, 14, 14, 7, 7]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,7 @@ from bnn_helpers.convert import (load_published_checkpoint, published_key_map,
 from bnn_helpers.layers import is_binary_conv
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(name, seed, binary_weights=True, num_classes=10, width_mult=0.25):

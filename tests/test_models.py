@@ -110,13 +110,7 @@ def test_normalization_modules_only_in_bn_mode(name):
         assert norms == []
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Small convs run far slower with 2 threads on a shared, loaded machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _outputs_of_sample0(model, x, companions_a, companions_b, alone=True):
