@@ -1,6 +1,5 @@
 """Operation and parameter counting (ReActNet's convention) and the notebook table."""
 import pytest
-import torch
 import torch.nn as nn
 
 from bnn_helpers import create_model

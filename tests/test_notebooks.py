@@ -6,7 +6,6 @@ networks go to the scratch folders set up in conftest.py, so the committed
 notebooks, Figs/ and checkpoints/ are never touched.
 """
 import json
-import os
 from pathlib import Path
 
 import pytest

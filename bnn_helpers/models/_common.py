@@ -66,6 +66,19 @@ class BinaryNet(nn.Module):
     blocks: nn.ModuleList
     head: ClassifierHead
 
+    def _configure(self, norm, binary_weights, num_classes, alpha, beta_schedule,
+                   width_mult, in_chans):
+        """Validate the shared knobs and store them; bn/none use no residual scaling."""
+        check_choice("norm mode", norm, NORMS)
+        check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        if not (isinstance(num_classes, int) and num_classes > 0):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
+        self.norm, self.binary_weights, self.in_chans = norm, binary_weights, in_chans
+        self.num_classes, self.width_mult, self.beta_schedule = num_classes, width_mult, beta_schedule
+        self.alpha = alpha if norm == "bf" else 1.0
+
     def forward_features(self, x):
         x = self.stem(x)
         for block in self.blocks:

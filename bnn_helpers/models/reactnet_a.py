@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import RPReLU, RSign, make_conv
-from ._common import (BETA_SCHEDULES, NORMS, BinaryNet, ClassifierHead, Stem,
+from ._common import (BETA_SCHEDULES, BinaryNet, ClassifierHead, Stem,
                       check_choice, norm_or_identity, round_channels)
 
 __all__ = ["ReActNetA", "ReActBlockA", "reactnet_a", "beta_schedule_a",
@@ -127,16 +127,8 @@ class ReActNetA(BinaryNet):
                  alpha: float = 0.2, beta_schedule: str = "published", width_mult: float = 1.0,
                  in_chans: int = 3, estimator: str = "approx"):
         super().__init__()
-        check_choice("norm mode", norm, NORMS)
-        check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-        if not (isinstance(num_classes, int) and num_classes > 0):
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
-        self.norm, self.binary_weights, self.in_chans = norm, binary_weights, in_chans
-        self.num_classes, self.width_mult, self.beta_schedule = num_classes, width_mult, beta_schedule
-        # bn/none use no residual scaling; alpha and beta only exist in bf.
-        self.alpha = alpha if norm == "bf" else 1.0
+        self._configure(norm, binary_weights, num_classes, alpha, beta_schedule,
+                        width_mult, in_chans)
         betas = (beta_schedule_a(STRIDES, self.alpha, beta_schedule) if norm == "bf"
                  else [(1.0, 1.0)] * len(STRIDES))
 
