@@ -446,7 +446,7 @@ class StatsRecorder:
                                   for n, m in sign_layers(model).items()}
 
     def after_optimizer_step(self, model: nn.Module, step: int, epoch: int, iteration: int,
-                             agc_clip_share: float | None = None) -> None:
+                             agc_clip_share: "float | torch.Tensor | None" = None) -> None:
         if not self._enabled:
             return
         if self._signs_before is not None:

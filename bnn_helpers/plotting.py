@@ -211,14 +211,20 @@ def plot_accuracy_curves(run_dirs, title: str | None = None):
                     label=f"{label} train")
     for ax, ylabel, name in ((ax_acc, "top-1 accuracy (%)", "Top-1 accuracy"),
                              (ax_loss, "loss (nats)", "Loss")):
-        for x in sorted(boundaries):
-            ax.axvline(x, color="0.5", linestyle="--", linewidth=1)
-        ax.set_xlabel("epoch (step 1, then step 2 after the dashed line)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(name)
-        ax.legend()
+        _finish_axis(ax, boundaries, "epoch (step 1, then step 2 after the dashed line)",
+                     ylabel, name)
     fig.suptitle(title or "Training curves")
     return fig
+
+
+def _finish_axis(ax, step_boundaries, xlabel, ylabel, title):
+    """Dashed lines where step 2 starts, labels, title and legend."""
+    for x in sorted(step_boundaries):
+        ax.axvline(x, color="0.5", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
 
 
 # (column, title, y label, log scale)
@@ -249,14 +255,10 @@ def plot_training_stats(run_dirs, title: str | None = None):
                 values = np.where(values > 0, values, np.nan)
             ax.plot(table["x"], values, color=color, label=label)
     for ax, (_, name, ylabel, log) in zip(axes, _STATS_PANELS):
-        for x in sorted(boundaries):
-            ax.axvline(x, color="0.5", linestyle="--", linewidth=1)
         if log:
             ax.set_yscale("log")
-        ax.set_xlabel("optimizer steps (step 2 after the dashed line)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(name)
-        ax.legend()
+        _finish_axis(ax, boundaries, "optimizer steps (step 2 after the dashed line)",
+                     ylabel, name)
     fig.suptitle(title or "Training statistics")
     return fig
 

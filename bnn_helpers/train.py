@@ -532,8 +532,9 @@ class Trainer:
             else:
                 optimizer.step()
             if recorder is not None:
-                recorder.after_optimizer_step(model, step, epoch, iteration,
-                                              None if clip_share is None else float(clip_share))
+                # The tensor, not a float: the recorder reads it only on recorded
+                # iterations, so other steps keep no host-device sync.
+                recorder.after_optimizer_step(model, step, epoch, iteration, clip_share)
             with torch.no_grad():
                 top = logits.detach().topk(k5, dim=1).indices == y[:, None]
                 device_sums[0] += loss.detach().double() * y.numel()
