@@ -11,6 +11,10 @@ Signal propagation (Brock et al. 2021, arXiv 2101.08692; DESIGN.md §4)
     outputs of every sign in the block. The head row holds the logits, whose
     ``avg_var`` is the variance across inputs (:func:`logit_variance`).
 
+Accuracy
+    :func:`top1_accuracy` on in-memory tensors, in eval mode (running BN statistics)
+    or with train-mode BN (each batch's own statistics).
+
 Weights
     :func:`sign_layers` (the convs whose weights are, or in step 2 will be,
     binary), :func:`latent_weight_values`, :func:`weight_sign_balance`,
@@ -35,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from timm.utils import accuracy
 from timm.utils.agc import unitwise_norm
 
 from .layers import RSign, is_binary_conv
@@ -43,6 +48,7 @@ __all__ = [
     "channel_statistics",
     "signal_propagation",
     "logit_variance",
+    "top1_accuracy",
     "sign_layers",
     "binary_sign",
     "latent_weight_values",
@@ -234,6 +240,35 @@ def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
 # --------------------------------------------------------------------------
 # weights
 # --------------------------------------------------------------------------
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64,
+                  train_mode: bool = False) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``(x, y)``, evaluated in batches of ``batch_size``.
+
+    ``train_mode=True`` evaluates with BatchNorm using each batch's own statistics
+    (how a BN network was trained) instead of its running statistics. The model's
+    modes and running statistics are restored afterwards.
+    """
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"need as many labels as inputs and at least one: got {len(x)} inputs, "
+                         f"{len(y)} labels")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    modes = [(m, m.training) for m in model.modules()]
+    hits = 0.0
+    with _buffers_restored(model):
+        model.train(train_mode)
+        try:
+            for start in range(0, len(y), batch_size):
+                labels = y[start:start + batch_size]
+                top1 = accuracy(model(x[start:start + batch_size]), labels, topk=(1,))[0]
+                hits += float(top1) * len(labels) / 100.0
+        finally:
+            for module, training in modes:
+                module.training = training
+    return 100.0 * round(hits) / len(y)
+
+
 def sign_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Convolutions whose weight signs matter: ``{parameter name of the weight: conv}``.
 

@@ -153,16 +153,13 @@ def load_teacher(cfg: dict, num_classes: int) -> nn.Module:
         path = find_checkpoint(cfg["teacher_checkpoint"])
         ckpt = _torch_load(path)
         if isinstance(ckpt, dict) and "model" in ckpt and "config" in ckpt:
-            from .train import build_model  # engine checkpoint: rebuild its own architecture
+            from .train import model_from_checkpoint  # engine checkpoint: its own architecture
 
-            teacher_cfg = ckpt["config"]
             ckpt_classes = ckpt.get("num_classes")
             if ckpt_classes != num_classes:
                 raise TrainError(f"teacher checkpoint {path} has {ckpt_classes} classes but the "
                                  f"dataset has {num_classes}; use a teacher trained on this dataset")
-            teacher = build_model(teacher_cfg, binary_weights=ckpt.get("step") == 2,
-                                  num_classes=ckpt_classes)
-            state = ckpt["model"]
+            teacher = model_from_checkpoint(ckpt)
         else:
             state = ckpt.get("state_dict", ckpt.get("model", ckpt)) if isinstance(ckpt, dict) else ckpt
             state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -178,11 +175,11 @@ def load_teacher(cfg: dict, num_classes: int) -> nn.Module:
                     raise TrainError(f"unknown teacher architecture {name!r} for {path}; "
                                      "set --teacher to its timm name")
                 teacher = timm.create_model(name, pretrained=False, num_classes=num_classes)
-        try:
-            teacher.load_state_dict(state)
-        except RuntimeError as exc:
-            raise TrainError(f"teacher checkpoint {path} does not fit {cfg['teacher']!r} with "
-                             f"{num_classes} classes: {str(exc).splitlines()[0]}") from None
+            try:
+                teacher.load_state_dict(state)
+            except RuntimeError as exc:
+                raise TrainError(f"teacher checkpoint {path} does not fit {cfg['teacher']!r} with "
+                                 f"{num_classes} classes: {str(exc).splitlines()[0]}") from None
     else:
         teacher = _pretrained_teacher(cfg["teacher"])
         classes = num_classes_of(teacher)

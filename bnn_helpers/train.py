@@ -65,7 +65,7 @@ from .config import TrainError, describe_keys, load_config, parse_cli_overrides,
 from .data import build_datasets, make_loader
 from .losses import Objective, SmallTeacherCNN, _torch_load, find_checkpoint, load_teacher
 
-__all__ = ["run", "main", "build_model", "SUMMARY_COLUMNS", "TrainError", "Trainer"]
+__all__ = ["run", "main", "build_model", "load_trained", "SUMMARY_COLUMNS", "TrainError", "Trainer"]
 
 SUMMARY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
                    "val_top1", "val_top5", "images_per_s", "agc_clip_share", "elapsed_s"]
@@ -100,6 +100,39 @@ def build_model(cfg: dict, binary_weights: bool, num_classes: int) -> nn.Module:
         small = cfg["dataset"] in ("cifar10", "cifar100", "digits")
         kwargs["stem"] = cfg["stem"] or ("cifar" if small else "imagenet")
     return create_model(name, **kwargs)
+
+
+def model_from_checkpoint(ckpt: dict, binary_weights: bool | None = None) -> nn.Module:
+    """Rebuild the network an engine checkpoint (a loaded ``.pth`` dict) holds, in eval mode.
+
+    ``binary_weights=None`` builds the network of the checkpoint's own step; ``True``
+    with a step-1 checkpoint gives the network step 2 starts from (binary weights
+    initialised from step 1's real ones).
+    """
+    binary = ckpt.get("step") == 2 if binary_weights is None else binary_weights
+    model = build_model(ckpt["config"], binary_weights=binary, num_classes=ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def load_trained(path: str | Path, step: int | None = None, which: str = "best",
+                 binary_weights: bool | None = None) -> nn.Module:
+    """A network trained by the engine, from a run directory or a ``.pth`` file, on the CPU.
+
+    ``step`` picks the checkpoint of a run directory (default: step 2 if it exists,
+    else step 1); ``which`` is ``"best"`` or ``"last"``; ``binary_weights`` as in
+    :func:`model_from_checkpoint`. For example, the step-2 network right after
+    binarization, before any step-2 training::
+
+        load_trained(run_dir, step=1, binary_weights=True)
+    """
+    prefer = ("step2", "step1") if step is None else (f"step{int(step)}",)
+    ckpt_path = find_checkpoint(path, prefer, which)
+    ckpt = _torch_load(ckpt_path)
+    if not (isinstance(ckpt, dict) and {"model", "config", "num_classes"} <= ckpt.keys()):
+        raise TrainError(f"{ckpt_path} is not a checkpoint of the bnn_helpers engine; load a plain "
+                         "state_dict with create_model(...).load_state_dict(...) instead")
+    return model_from_checkpoint(ckpt, binary_weights)
 
 
 # --------------------------------------------------------------------------- process setup

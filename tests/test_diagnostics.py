@@ -294,3 +294,44 @@ def test_wrapped_models_are_unwrapped():
     assert list(D.sign_layers(wrapped)) == list(D.sign_layers(model)) == [
         "blocks.0.conv.weight", "blocks.1.conv.weight"]
     assert len(D.signal_propagation(wrapped, torch.randn(2, 3, 4, 4))) == 4
+
+
+class _Fixed(nn.Module):
+    """Predicts class 0 for inputs whose first feature is positive, else class 1."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0], -x[:, 0]], dim=1)
+
+
+def test_top1_accuracy_known_answer_across_batch_sizes():
+    x = torch.tensor([[1.0], [2.0], [-1.0], [-3.0], [4.0]])
+    y = torch.tensor([0, 1, 1, 0, 0])          # right: 0, 2, 4 -> 3 of 5
+    for batch_size in (1, 2, 5, 64):
+        assert D.top1_accuracy(_Fixed(), x, y, batch_size=batch_size) == pytest.approx(60.0)
+
+
+def test_top1_accuracy_train_mode_uses_batch_statistics_and_restores_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).eval()
+    model[1].running_mean.fill_(5.0)            # running stats far from the data's
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    buffers = [b.clone() for b in model.buffers()]
+    with torch.no_grad():
+        eval_pred = model(x).argmax(1)
+        train_pred = torch.cat([model.train()(x[i:i + 8]) for i in range(0, 32, 8)]).argmax(1)
+    model.eval()
+    for b, saved in zip(model.buffers(), buffers):
+        b.copy_(saved)
+    assert not torch.equal(eval_pred, train_pred)  # otherwise the test shows nothing
+    assert D.top1_accuracy(model, x, y) == pytest.approx(100 * float((eval_pred == y).float().mean()))
+    assert D.top1_accuracy(model, x, y, batch_size=8, train_mode=True) == pytest.approx(
+        100 * float((train_pred == y).float().mean()))
+    assert not model.training and not any(m.training for m in model.modules())
+    assert all(torch.equal(b, saved) for b, saved in zip(model.buffers(), buffers))
+
+
+def test_top1_accuracy_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="as many labels"):
+        D.top1_accuracy(_Fixed(), torch.zeros(3, 1), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_size"):
+        D.top1_accuracy(_Fixed(), torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), batch_size=0)

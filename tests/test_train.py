@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from bnn_helpers.train import SUMMARY_COLUMNS, run
+from bnn_helpers.train import SUMMARY_COLUMNS, TrainError, load_trained, run
 
 torch.set_num_threads(1)  # 2 busy cores: more threads only contend
 
@@ -65,6 +65,26 @@ def test_two_steps_with_kd_teacher_and_agc(tmp_path):
     assert (run_dir / "config.yaml").read_text().count("teacher_checkpoint") == 1
     # Step 2 started from step 1's best weights: its first epoch's lr equals step 1's.
     assert rows[2]["lr"] == rows[0]["lr"]
+
+    # load_trained rebuilds each step's network from the run directory alone.
+    from bnn_helpers.layers import is_binary_conv
+
+    step2 = load_trained(run_dir)
+    best2 = torch.load(run_dir / "step2" / "best.pth", weights_only=True)["model"]
+    assert not step2.training and any(is_binary_conv(m) for m in step2.modules())
+    assert all(torch.equal(step2.state_dict()[k], v) for k, v in best2.items())
+    step1 = load_trained(run_dir, step=1, which="last")
+    assert not any(is_binary_conv(m) for m in step1.modules())
+    binarized = load_trained(run_dir, step=1, which="last", binary_weights=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # same latent weights, binary convs: a different function
+        assert not torch.allclose(binarized(x), step1(x))
+    assert type(load_trained(teacher_dir)).__name__ == "SmallTeacherCNN"
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "plain.pth")
+    with pytest.raises(TrainError, match="not a checkpoint of the bnn_helpers engine"):
+        load_trained(tmp_path / "plain.pth")
+    with pytest.raises(TrainError, match="holds no step2/best.pth"):
+        load_trained(teacher_dir, step=2)
 
 
 def test_resume_after_sigterm_matches_uninterrupted(tmp_path):
