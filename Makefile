@@ -32,7 +32,7 @@ tutorial: $(STAMP)
 	@mkdir -p executed
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; start=$$(date +%s); \
-	  $(VENV)/bin/papermill --cwd notebooks --kernel python3 $$nb executed/$$(basename $$nb) -p SMOKE False || exit 1; \
+	  SMOKE=0 $(VENV)/bin/papermill --cwd notebooks --kernel python3 $$nb executed/$$(basename $$nb) || exit 1; \
 	  echo "   done in $$(( $$(date +%s) - start )) s"; \
 	done
 
@@ -40,7 +40,7 @@ tutorial: $(STAMP)
 notebooks: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; start=$$(date +%s); \
-	  $(VENV)/bin/papermill --cwd notebooks --kernel python3 $$nb $$nb -p SMOKE False || exit 1; \
+	  SMOKE=0 $(VENV)/bin/papermill --cwd notebooks --kernel python3 $$nb $$nb || exit 1; \
 	  echo "   done in $$(( $$(date +%s) - start )) s"; \
 	done
 

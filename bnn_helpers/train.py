@@ -65,7 +65,8 @@ from .config import TrainError, describe_keys, load_config, parse_cli_overrides,
 from .data import build_datasets, make_loader
 from .losses import Objective, SmallTeacherCNN, _torch_load, find_checkpoint, load_teacher
 
-__all__ = ["run", "main", "build_model", "load_trained", "SUMMARY_COLUMNS", "TrainError", "Trainer"]
+__all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
+           "model_from_checkpoint", "SUMMARY_COLUMNS", "TrainError", "Trainer"]
 
 SUMMARY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
                    "val_top1", "val_top5", "images_per_s", "agc_clip_share", "elapsed_s"]
@@ -75,6 +76,16 @@ SUMMARY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "train_top
 def is_float_model(cfg: dict) -> bool:
     """Real-valued models (teachers) have a single training step."""
     return cfg["model"] == "float_cnn" or cfg["model"].startswith("timm:")
+
+
+def steps_of(cfg: dict) -> list[int]:
+    """The training steps a config runs: [1, 2], [1] or [2] (real-valued models: [1])."""
+    step = cfg["step"]
+    if is_float_model(cfg):
+        if step == "2":
+            raise TrainError(f"{cfg['model']} is real-valued: it has no step 2; use --step 1")
+        return [1]
+    return [1, 2] if step == "both" else [int(step)]
 
 
 def build_model(cfg: dict, binary_weights: bool, num_classes: int) -> nn.Module:
@@ -279,17 +290,9 @@ class Trainer:
         self.stop_signal = None
         self.stop_agreed = 0
         self.interrupted = None
-        self.steps = self._steps()
+        self.steps = steps_of(cfg)
 
     # ---------------------------------------------------------------- helpers
-    def _steps(self) -> list[int]:
-        step = self.cfg["step"]
-        if is_float_model(self.cfg):
-            if step == "2":
-                raise TrainError(f"{self.cfg['model']} is real-valued: it has no step 2; use --step 1")
-            return [1]
-        return [1, 2] if step == "both" else [int(step)]
-
     def _ckpt(self, step: int, which: str) -> Path:
         return self.run_dir / f"step{step}" / f"{which}.pth"
 
@@ -733,6 +736,48 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
             dist.destroy_process_group()
     run.last_trainer = trainer
     return trainer.run_dir
+
+
+#: settings that change how a run is driven, logged or named, not what it computes
+_DRIVING_KEYS = ("resume", "overwrite", "progress", "log_every", "threads", "run_dir", "output_dir", "name")
+
+
+def finished_run(run_dir: str | Path, cfg: dict) -> bool:
+    """Whether ``run_dir`` holds a complete run of the resolved config ``cfg``.
+
+    Complete: the saved ``config.yaml`` equals ``cfg`` up to :data:`_DRIVING_KEYS`,
+    ``summary.csv`` has every epoch of every step, and the last step has ``best.pth``.
+    """
+    run_dir = Path(run_dir)
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        with open(run_dir / "summary.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, yaml.YAMLError):
+        return False
+    wanted = {k: v for k, v in _plain(cfg).items() if k not in _DRIVING_KEYS}
+    same = isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in _DRIVING_KEYS} == wanted
+    steps = steps_of(cfg)
+    epochs = {(int(r["step"]), int(r["epoch"])) for r in rows if r.get("step") and r.get("epoch")}
+    complete = epochs == {(s, e) for s in steps for e in range(1, cfg["epochs"] + 1)}
+    return same and complete and (run_dir / f"step{steps[-1]}" / "best.pth").is_file()
+
+
+def run_or_load(config=None, overrides=None, **kwargs) -> Path:
+    """:func:`run`, unless its run directory already holds the finished run: train once, reuse after.
+
+    How the notebooks cache their training: the same call a second time returns
+    the run directory at once. A run there with other settings, or an unfinished
+    one, is replaced (``overwrite``), so give each setting its own ``name``/``run_dir``.
+    """
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_cli_overrides(list(overrides))
+    merged = {**(overrides or {}), **kwargs}
+    cfg = load_config(config, merged)
+    run_dir = run_dir_of(cfg)
+    if finished_run(run_dir, cfg):
+        return run_dir
+    return run(config, {**merged, "overwrite": True, "resume": False})
 
 
 def _one_line(exc: BaseException) -> str:

@@ -138,3 +138,26 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     _, rows_b = read_summary(tmp_path / "ddp")
     assert float(rows_a[0]["val_top1"]) == pytest.approx(float(rows_b[0]["val_top1"]), abs=0.3)
     assert float(rows_a[0]["train_loss"]) == pytest.approx(float(rows_b[0]["train_loss"]), rel=1e-4)
+
+
+def test_run_or_load_trains_once_then_reuses_and_retrains_on_new_settings(tmp_path):
+    from bnn_helpers.train import finished_run, run_or_load
+
+    common = dict(TINY, dataset="digits", model="reactnet_a_bf", step="both", epochs=1, max_train_batches=1,
+                  eval_batch_size=360, run_dir=str(tmp_path / "cached"))
+    run_dir = run_or_load(None, **common)
+    best = run_dir / "step2" / "best.pth"
+    stamp = best.stat().st_mtime_ns
+    assert run_or_load(None, **{**common, "progress": "log", "threads": 2}) == run_dir  # driving keys ignored
+    assert best.stat().st_mtime_ns == stamp                                   # not retrained
+    from bnn_helpers.config import load_config
+
+    assert finished_run(run_dir, load_config(None, common))
+    assert not finished_run(run_dir, load_config(None, {**common, "seed": 7}))
+    assert not finished_run(run_dir, load_config(None, {**common, "epochs": 2}))
+    (run_dir / "step2" / "best.pth").unlink()                                 # unfinished: retrain
+    assert not finished_run(run_dir, load_config(None, common))
+    run_or_load(None, **common)
+    assert best.is_file()
+    run_or_load(None, **{**common, "seed": 7})                                # new settings: replaced
+    assert finished_run(run_dir, load_config(None, {**common, "seed": 7}))
