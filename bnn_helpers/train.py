@@ -291,6 +291,9 @@ class Trainer:
         self.stop_agreed = 0
         self.interrupted = None
         self.steps = steps_of(cfg)
+        # Checking the loss (and, with several processes, agreeing on a stop) syncs with the
+        # device: on accelerators only every log_every batches, so the GPU queue never drains.
+        self.check_every = 1 if self.device_kind == "cpu" else cfg["log_every"]
 
     # ---------------------------------------------------------------- helpers
     def _ckpt(self, step: int, which: str) -> Path:
@@ -536,9 +539,6 @@ class Trainer:
         sums = list(state["partial"]) if state["partial"] else [0.0] * 7
         device_sums = torch.zeros(6, dtype=torch.float64, device=self.device)
         k5 = min(5, self.num_classes)
-        # Checking the loss (and, with several processes, agreeing on a stop) syncs with the
-        # device: on accelerators only every log_every batches, so the GPU queue never drains.
-        check_every = 1 if self.device_kind == "cpu" else cfg["log_every"]
         postfix_every = 10 if progress.mode == "tqdm" else cfg["log_every"]
         train_model.train()
         progress.start(batches, f"step {step} epoch {epoch}")
@@ -587,7 +587,7 @@ class Trainer:
             if self.on_batch_end is not None:
                 self.on_batch_end(self, step, epoch, done)
             flags = [float(self.stop_signal or 0), 0.0]
-            if done % check_every == 0 or done == batches:
+            if done % self.check_every == 0 or done == batches:
                 flags[1] = 0.0 if math.isfinite(float(device_sums[0])) else 1.0
                 if self.world > 1:  # every process must agree to stop at the same batch
                     flags = self._all_reduce(flags, dist.ReduceOp.MAX)

@@ -161,3 +161,28 @@ def test_run_or_load_trains_once_then_reuses_and_retrains_on_new_settings(tmp_pa
     assert best.is_file()
     run_or_load(None, **{**common, "seed": 7})                                # new settings: replaced
     assert finished_run(run_dir, load_config(None, {**common, "seed": 7}))
+
+
+def _stop_on_rank0_at_batch1(trainer, step, epoch, batch):
+    trainer.check_every = 3           # as on GPUs: the processes agree only every 3rd batch
+    if trainer.rank == 0 and batch == 1:
+        trainer.request_stop()        # only one process gets the signal
+
+
+def _ddp_stop_worker(rank, world, port, cfg):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    run(None, on_batch_end=_stop_on_rank0_at_batch1, **cfg)
+
+
+@pytest.mark.timeout(240)
+def test_ddp_stop_on_one_process_is_agreed_at_the_next_check(tmp_path):
+    # A stop seen by one process must stop all of them at the same batch (else the other
+    # process would wait forever in its next all-reduce): the first agreed batch is 3.
+    cfg = dict(TINY, dataset="digits", model="reactnet_a_bf", epochs=1, step="1", batch_size=16,
+               max_train_batches=5, eval_batch_size=360, output_dir=str(tmp_path), name="ddp_stop")
+    port = 29000 + (os.getpid() + 500) % 1000
+    mp.start_processes(_ddp_stop_worker, args=(2, port, cfg), nprocs=2, start_method="spawn")
+    ckpt = torch.load(tmp_path / "ddp_stop" / "step1" / "last.pth", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (0, 3)
