@@ -317,7 +317,7 @@ def parse_args(argv=None):
         args.width, args.warmup, args.rounds, args.eval_rounds = 0.25, 1, 1, 1
         args.threads = args.threads or 1
         args.memory_batch, args.memory_resolution = 2, 64
-    if min(args.warmup, 0) < 0 or args.rounds < 1 or args.eval_rounds < 1:
+    if args.warmup < 0 or args.rounds < 1 or args.eval_rounds < 1:
         p.error("--rounds and --eval-rounds must be >= 1 and --warmup >= 0")
     return args
 

@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from timm.utils import accuracy
 from timm.utils.agc import unitwise_norm
 
 from .layers import RSign, is_binary_conv
@@ -238,7 +237,7 @@ def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------
-# weights
+# accuracy
 # --------------------------------------------------------------------------
 @torch.no_grad()
 def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64,
@@ -255,20 +254,22 @@ def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     modes = [(m, m.training) for m in model.modules()]
-    hits = 0.0
+    hits = 0
     with _buffers_restored(model):
         model.train(train_mode)
         try:
             for start in range(0, len(y), batch_size):
-                labels = y[start:start + batch_size]
-                top1 = accuracy(model(x[start:start + batch_size]), labels, topk=(1,))[0]
-                hits += float(top1) * len(labels) / 100.0
+                logits = model(x[start:start + batch_size])
+                hits += int((logits.argmax(1) == y[start:start + batch_size]).sum())
         finally:
             for module, training in modes:
                 module.training = training
-    return 100.0 * round(hits) / len(y)
+    return 100.0 * hits / len(y)
 
 
+# --------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------
 def sign_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Convolutions whose weight signs matter: ``{parameter name of the weight: conv}``.
 

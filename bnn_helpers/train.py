@@ -760,7 +760,8 @@ def finished_run(run_dir: str | Path, cfg: dict) -> bool:
     except (OSError, yaml.YAMLError):
         return False
     wanted = {k: v for k, v in _plain(cfg).items() if k not in _DRIVING_KEYS}
-    same = isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in _DRIVING_KEYS} == wanted
+    same = (isinstance(saved, dict)
+            and {k: v for k, v in saved.items() if k not in _DRIVING_KEYS} == wanted)
     steps = steps_of(cfg)
     epochs = {(int(r["step"]), int(r["epoch"])) for r in rows if r.get("step") and r.get("epoch")}
     complete = epochs == {(s, e) for s in steps for e in range(1, cfg["epochs"] + 1)}
