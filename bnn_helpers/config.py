@@ -50,7 +50,8 @@ _SPEC: dict[str, tuple] = {
     "image_size": (224, int, "training crop size (imagenet/folder)"),
     "val_resize": (None, int, "validation resize before the centre crop (default size/0.875)"),
     "crop_scale_min": (0.08, float, "RandomResizedCrop minimum area"),
-    "lighting_std": (0.1, float, "PCA lighting noise std (0 disables)"),
+    "lighting_std": (0.0, float, "PCA lighting noise std on [0,1] images; 0 = off, as the "
+                     "published runs effectively were; 0.1 = AlexNet's lighting (a deviation)"),
     "augment": (True, bool, "training augmentation on/off"),
     "batch_size": (256, int, "GLOBAL training batch size (split over processes)"),
     "eval_batch_size": (None, int, "global validation batch size (default batch_size)"),

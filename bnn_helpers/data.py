@@ -3,10 +3,14 @@
 ``build_datasets(cfg) -> (train, val, num_classes)`` for
 
 * ``imagenet`` / ``folder``: ImageFolder ``data_dir/train`` and ``data_dir/val``;
-  training augmentation is the published one: RandomResizedCrop(size, scale
-  (0.08, 1)), PCA lighting noise (AlexNet's, std 0.1), horizontal flip;
-  evaluation resize (256 for 224) and centre crop.
-* ``cifar10`` / ``cifar100``: torchvision, random crop 32 pad 4 + flip.
+  training augmentation is what produced the published numbers:
+  RandomResizedCrop(size, scale (0.08, 1)) and horizontal flip; evaluation
+  resize (256 for 224) and centre crop. PCA lighting noise is opt-in
+  (``lighting_std``, default 0): the published code adds it to uint8 images
+  and truncates back to uint8, which only lowers a channel by 1/255 about half
+  the time, so its runs were effectively trained without lighting.
+* ``cifar10`` / ``cifar100``: torchvision, random crop 32 pad 4 + flip, each
+  normalised with its own training set's channel statistics.
 * ``digits``: scikit-learn's bundled 8x8 digits (real data, offline), upsampled
   to 32x32 with 3 channels, a fixed seeded 1437/360 split, kept in memory.
 
@@ -27,14 +31,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import TrainError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
+           "CIFAR100_STD", "IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC",
            "Lighting", "InMemoryDataset", "load_digits_tensors", "build_datasets",
            "ShardedBatchSampler", "EpochLoader", "make_loader"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # Principal components of ImageNet RGB pixels (in [0, 1]); AlexNet / fb.resnet.torch.
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
@@ -45,7 +52,12 @@ DIGITS_VAL_SIZE = 360
 
 
 class Lighting:
-    """PCA lighting noise on a (3, H, W) tensor in [0, 1]: ``x + V (a * eigval)``, ``a ~ N(0, std)``."""
+    """PCA lighting noise on a (3, H, W) tensor in [0, 1]: ``x + V (a * eigval)``, ``a ~ N(0, std)``.
+
+    This is real lighting (AlexNet's), a deviation from the published runs,
+    whose lighting was truncated away on uint8 images; enable it with
+    ``lighting_std`` > 0.
+    """
 
     def __init__(self, std: float = 0.1, eigval=IMAGENET_PCA_EIGVAL, eigvec=IMAGENET_PCA_EIGVEC):
         self.std = std
@@ -153,9 +165,11 @@ def _cifar_datasets(cfg):
     from torchvision import datasets
     from torchvision import transforms as T
 
-    cls = datasets.CIFAR10 if cfg["dataset"] == "cifar10" else datasets.CIFAR100
+    if cfg["dataset"] == "cifar10":
+        cls, normalize = datasets.CIFAR10, T.Normalize(CIFAR10_MEAN, CIFAR10_STD)
+    else:
+        cls, normalize = datasets.CIFAR100, T.Normalize(CIFAR100_MEAN, CIFAR100_STD)
     root = cfg["data_dir"] or "data"
-    normalize = T.Normalize(CIFAR_MEAN, CIFAR_STD)
     train_tf = (T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
                 if cfg["augment"] else T.Compose([T.ToTensor(), normalize]))
     val_tf = T.Compose([T.ToTensor(), normalize])

@@ -7,15 +7,19 @@ CPU (bundled data, seconds per epoch)::
     python -m bnn_helpers.train --config configs/digits/reactnet_a_bf.yaml
     python -m bnn_helpers.train --config configs/digits/reactnet_a_bf.yaml --step 2 --epochs 3
 
-One GPU::
+One GPU (fp32, the published recipe)::
 
     python -m bnn_helpers.train --config configs/imagenet/reactnet_a_bf.yaml \\
-        --data-dir /data/imagenet --device cuda --amp bf16 --channels-last --workers 10
+        --data-dir /data/imagenet --device cuda --workers 10
 
 Eight GPUs on one machine (``batch_size`` is global: 256 = 8 x 32)::
 
     torchrun --standalone --nproc_per_node=8 -m bnn_helpers.train \\
-        --config configs/imagenet/reactnet_a_bf.yaml --data-dir /data/imagenet --amp bf16
+        --config configs/imagenet/reactnet_a_bf.yaml --data-dir /data/imagenet
+
+Faster, but not the published recipe: append ``--amp bf16 --channels-last true``
+(bf16 autocast rounds the real-valued convolutions, residual sums and logits to
+8 mantissa bits; signs near a threshold can flip, so accuracies may differ).
 
 Several machines (run on every node; same rendezvous endpoint)::
 

@@ -2,14 +2,14 @@
 
 A block::
 
-    out = alpha * norm(conv3x3(sign(x*beta + s0))) + shortcut(x*beta)
+    out = alpha * norm(conv3x3(sign(x*beta + s0))) + shortcut
     out = RPReLU(out)
 
-``shortcut`` is the identity, or ``avgpool2x2 -> conv1x1 (-> BN in bn mode)``
-when the block changes shape; that conv is of the block's kind (binary weights
-in step 2, real in step 1, scaled-WS in bf) and sees the real-valued ``x*beta``,
-not a sign. Following DESIGN.md §2 literally, the identity shortcut also
-carries ``x*beta`` (``beta`` is 1 in bn/none, so only bf is affected).
+``shortcut`` is the plain ``x``, or ``conv1x1(avgpool2x2(x*beta)) (-> BN in bn
+mode)`` when the block changes shape; that conv is of the block's kind (binary
+weights in step 2, real in step 1, scaled-WS in bf) and sees the real-valued
+``x*beta``, not a sign. Only that conv sees ``beta``: the identity shortcut
+carries ``x`` unscaled, as in the published network.
 
 ``stem="imagenet"``: 7x7 stride-2 conv and 3x3 max-pool; ``stem="cifar"``:
 3x3 stride-1 conv, no pool (the published code used the ImageNet stem on
@@ -34,21 +34,30 @@ STEMS = ("imagenet", "cifar")
 
 
 def beta_schedule_18(has_shortcut_conv, alpha: float, schedule: str = "published"):
-    """``beta`` for every block.
+    """``beta`` for every block from an expected-variance recurrence (``v = 1`` after the stem).
 
-    ``published``: ``ev = 1`` after the stem; a block gets ``1/sqrt(ev)``; a block
-    with a shortcut conv resets ``ev`` to 1 without counting its own branch,
-    every other block adds ``alpha**2``. ``nf``: the reset block counts its
-    branch too (``ev = 1 + alpha**2``), as in NF-ResNets.
+    ``published`` (the constants of the paper's code; with alpha = 0.2 and
+    written as ``v``: stage 1 1.00, 1.00, 1.04, 1.08; stages 2-4 1.12, 1.00,
+    1.04, 1.08): every block takes ``beta = 1/sqrt(v)``; the first block of
+    stage adds nothing to ``v``: the network's first block, which follows the
+    stem, keeps ``v``, and a block with a shortcut conv (every other stage
+    opening) resets it to 1. Every remaining block adds ``alpha**2``.
+
+    ``nf`` (the NF-ResNet bookkeeping): every block adds its branch,
+    ``alpha**2``; a block with a shortcut conv (whose output has unit
+    variance) resets ``v`` to ``1 + alpha**2``. With alpha = 0.2 as ``v``:
+    1.00, 1.04, 1.08, 1.12 in stage 1; 1.16, 1.04, 1.08, 1.12 in stages 2-4.
     """
     check_choice("beta_schedule", schedule, BETA_SCHEDULES)
-    a2, ev, betas = alpha * alpha, 1.0, []
-    for shortcut_conv in has_shortcut_conv:
-        betas.append(1.0 / math.sqrt(ev))
-        if shortcut_conv:
-            ev = 1.0 if schedule == "published" else 1.0 + a2
-        else:
-            ev += a2
+    a2, v, betas = alpha * alpha, 1.0, []
+    for index, shortcut_conv in enumerate(has_shortcut_conv):
+        betas.append(1.0 / math.sqrt(v))
+        if schedule == "nf":
+            v = 1.0 + a2 if shortcut_conv else v + a2
+        elif shortcut_conv:
+            v = 1.0
+        elif index > 0:
+            v += a2
     return betas
 
 
@@ -83,7 +92,9 @@ class ReActBlock18(nn.Module):
         branch = self.norm(self.conv(self.act(x_scaled)))
         if self.alpha != 1.0:
             branch = self.alpha * branch
-        return self.rprelu(branch + self.shortcut(x_scaled))
+        # Only the shortcut conv sees x*beta; the identity shortcut carries x.
+        shortcut = self.shortcut(x_scaled) if self.has_shortcut_conv else x
+        return self.rprelu(branch + shortcut)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.out_channels}, stride={self.stride}, "

@@ -1,7 +1,7 @@
 """ReActNet-A (MobileNet-v1 shaped binary network) in the three modes of the paper.
 
 One definition covers the published variants: ``norm`` in {bf, bn, none} ×
-``binary_weights`` in {False (step 1), True (step 2)}. See DESIGN.md §2.
+``binary_weights`` in {False (step 1), True (step 2)}. See docs/reference.md §2 and §4.
 
 Each block has two residual halves::
 
@@ -39,37 +39,39 @@ STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)
 
 
 def beta_schedule_a(strides, alpha: float, schedule: str = "published"):
-    """``(beta1, beta2)`` for every block from the expected-variance recurrence.
+    """``(beta1, beta2)`` for every block from an expected-variance recurrence.
 
-    ``published`` reproduces the constants of the paper's code: after the first
-    block and after each reduction block the running variance restarts at 1
-    *without* counting that block's own additions (it lags by one step).
-    ``nf`` follows the NF-ResNet recurrence: every residual addition adds
-    ``alpha**2``; only a reduction block, whose shortcut sees ``x*beta1``,
-    resets the variance to 1.
+    Both schedules track ``v``, the expected variance of the residual stream,
+    start at ``v = 1`` and give a sign input ``beta = 1/sqrt(v)``.
+
+    ``published`` (the constants of the paper's code; with alpha = 0.2 and
+    written as ``v``: (1.00, 1.04), (1.08, 1.12), (1.00, 1.04), ...,
+    (1.40, 1.44), (1.00, 1.04)): a block takes ``beta1 = 1/sqrt(v)``, then
+    ``v += alpha**2`` and ``beta2 = 1/sqrt(v)``; after a stride-1 block
+    ``v += alpha**2`` once more (its second half's addition); after a reduction
+    block ``v`` restarts at 1.
+
+    ``nf`` (the NF-ResNet bookkeeping): identical up to the first reduction
+    block, where the restart happens *inside* the block, because its shortcut
+    ``avgpool(x*beta1)`` already has unit variance: ``v = 1`` before its second
+    half, so its ``beta2`` is ``1/sqrt(1 + alpha**2)`` and every later block
+    counts the reduction block's second-half addition (``v`` enters the next
+    block at ``1 + 2*alpha**2`` instead of 1).
     """
     check_choice("beta_schedule", schedule, BETA_SCHEDULES)
     a2 = alpha * alpha
     betas = []
-    ev = 1.0
-    for i, stride in enumerate(strides):
-        if schedule == "published":
-            if i == 0 or strides[i - 1] == 2:
-                ev = 1.0
-                betas.append((1.0, 1.0 / math.sqrt(1.0 + a2)))
-            else:
-                ev += a2
-                b1 = 1.0 / math.sqrt(ev)
-                ev += a2
-                betas.append((b1, 1.0 / math.sqrt(ev)))
+    v = 1.0
+    for stride in strides:
+        beta1 = 1.0 / math.sqrt(v)
+        if stride == 2 and schedule == "nf":
+            v = 1.0
+        v += a2
+        betas.append((beta1, 1.0 / math.sqrt(v)))
+        if stride == 2 and schedule == "published":
+            v = 1.0
         else:
-            b1 = 1.0 / math.sqrt(ev)
-            if stride == 2:
-                ev = 1.0
-            ev += a2
-            b2 = 1.0 / math.sqrt(ev)
-            ev += a2
-            betas.append((b1, b2))
+            v += a2
     return betas
 
 
