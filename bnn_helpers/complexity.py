@@ -1,6 +1,6 @@
 """Parameter, memory and operation counts of binary networks, ReActNet's way.
 
-Counting convention (ReActNet, Liu et al. 2020; DESIGN.md §1):
+Counting convention (ReActNet, Liu et al. 2020; see docs/reference.md §7):
 
 * **BOPs** – binary operations: convolutions whose weights *and* input are
   binary, i.e. convs with ``binary_weights`` True

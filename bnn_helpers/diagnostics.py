@@ -3,7 +3,7 @@
 Works on any model that exposes ``model.stem``, ``model.blocks`` (ordered) and
 ``model.head``, as every network of :mod:`bnn_helpers.models` does.
 
-Signal propagation (Brock et al. 2021, arXiv 2101.08692; DESIGN.md §4)
+Signal propagation (Brock et al. 2021, arXiv 2101.08692; docs/reference.md §8)
     :func:`signal_propagation` -> one row per stem / block / head with
     ``avg_sq_mean`` (mean over channels of the squared channel mean),
     ``avg_var`` (mean over channels of the channel variance), the variance of
@@ -159,7 +159,7 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     the block; note ``sign(0) = 0`` counts as not +1).
 
     Runs under ``torch.no_grad`` in whatever train/eval mode the caller set.
-    The paper's measurement (DESIGN.md §4) uses **train mode**: BN then
+    The measurement of docs/reference.md §8 uses **train mode**: BN then
     normalizes with the statistics of ``x``. BN running statistics touched by
     a train-mode forward are restored afterwards, and every hook is removed.
     """
@@ -225,7 +225,7 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
 def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
     """Variance of the logits across the inputs of ``x`` (mean over classes).
 
-    ~0 means the network answers the same for every input (DESIGN.md §4: the
+    ~0 means the network answers the same for every input (docs/reference.md §8: the
     published ReActNet-A without BN at initialisation). Same mode/buffer rules
     as :func:`signal_propagation`.
     """

@@ -2,7 +2,7 @@
 
 * ``Figs/signal_propagation_init_gaussian.png`` and ``..._photos.png``: the
   published step-2 ReActNet-A (full width, 1000 classes) in modes bn / none /
-  bf at initialisation, measured in train mode (DESIGN.md §4) on a batch of 8
+  bf at initialisation, measured in train mode (docs/reference.md §8) on a batch of 8
   inputs of 224x224: N(0, 1) noise, or random crops of scikit-learn's two
   bundled sample photos normalized with the ImageNet mean/std;
 * ``Figs/sign_estimators.png``: forward and backward of every sign estimator.

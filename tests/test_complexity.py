@@ -7,7 +7,7 @@ from bnn_helpers.complexity import (COST_COLUMNS, complexity_table, format_table
                                     print_summary, total_complexity)
 from bnn_helpers.layers import BinaryConv2d, RSign
 
-# DESIGN.md §2, independent of the model code.
+# The layout of docs/reference.md §2, independent of the model code.
 SPEC_A_OUT = [64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
 SPEC_A_SPATIAL_224 = [112, 56, 56, 28, 28, 14, 14, 14, 14, 14, 14, 7, 7]
 

@@ -1,6 +1,6 @@
 """Model definitions: exact sizes, no hidden normalization, shapes, gradients, registry.
 
-Expected parameter counts are derived here from DESIGN.md §2 with a formula
+Expected parameter counts are derived here from docs/reference.md §2 with a formula
 written independently of the model code (sum of conv / gain / BN / bias /
 PReLU / classifier sizes), then checked against the published numbers.
 """
@@ -16,7 +16,7 @@ from bnn_helpers.models import reactnet_18, reactnet_a
 NAMES = [f"{arch}_{norm}" for arch in ("reactnet_a", "reactnet_18") for norm in ("bf", "bn", "none")]
 VARIANTS = [(name, step) for name in NAMES for step in (1, 2)]
 
-# DESIGN.md §2, written out here rather than imported from the model code.
+# docs/reference.md §2, written out here rather than imported from the model code.
 SPEC_A_STEM = 32
 SPEC_A_OUT = [64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
 SPEC_A_SPATIAL_224 = [112, 56, 56, 28, 28, 14, 14, 14, 14, 14, 14, 7, 7]
