@@ -90,7 +90,11 @@ The reference convolution is plain PyTorch: im2col of the packed words
 (``Tensor.unfold``, since ``F.unfold`` only accepts floating tensors), then
 XOR, AND and a SWAR popcount on 64-bit lanes of each window's bytes (int64
 bit tricks; uint8 shifts and lookup tables are several times slower in
-PyTorch). It is a correctness reference, not a fast kernel.
+PyTorch). It is a correctness reference, not a fast kernel: packed models run
+the native kernels of :mod:`bnn_helpers.bitconv_native` (XOR + popcount on
+64-bit words, built on first use; ``BNN_NATIVE=0`` or
+``bitconv_native.use_reference()`` forces this reference) and fall back to it
+with one warning where no C++ compiler is available.
 """
 from __future__ import annotations
 
@@ -105,6 +109,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import bitconv_native as _native
 from .layers import RSign, is_binary_conv
 from .models import create_model
 from .models.reactnet_18 import ReActBlock18, ReActNet18
@@ -280,6 +285,9 @@ class PackedSign(nn.Module):
         return cls(lower, upper, word_bits)
 
     def forward(self, x: torch.Tensor) -> PackedActivation:
+        native = _native.pack_signs(self, x)
+        if native is not None:
+            return native
         nhwc = x.permute(0, 2, 3, 1)
         positive = nhwc > self.upper
         valid = positive | (nhwc < self.lower)
@@ -395,6 +403,9 @@ class PackedBinaryConv2d(nn.Module):
     def integer_forward(self, act: PackedActivation) -> torch.Tensor:
         if act.channels != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {act.channels}")
+        native = _native.conv2d(self, act)  # zero weights included
+        if native is not None:
+            return native
         dot = packed_conv2d(act, self.weight_bits, self.kernel_size, self.stride, self.padding)
         if self.zero_weights.numel():
             # the bits hold +1 where the weight is 0: take back what those positions added
@@ -595,6 +606,9 @@ class PackedBinaryNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != in_chans:
             raise ValueError(f"expected images of shape (N, {in_chans}, H, W), got {tuple(x.shape)}")
         x = self.stem(x.float())
+        native = _native.run_blocks(self.blocks, x)  # ReActNet-A: one native call per block
+        if native is not None:
+            return self.head(native)
         for block in self.blocks:
             x = block(x)
         return self.head(x)

@@ -1,0 +1,597 @@
+"""Native 1-bit kernels for packed networks: XOR + popcount on 64-bit words.
+
+:mod:`bnn_helpers.deploy` runs a packed network through these kernels when they
+are available and through its pure-PyTorch reference otherwise; both give the
+same integers (bit for bit) and the same real values up to float rounding (the
+fused ReActNet-A block repeats the reference's float32 operations in the same
+order, so in practice the same bits too). ::
+
+    from bnn_helpers import bitconv_native
+    bitconv_native.build()                  # optional: otherwise on the first packed forward
+    bitconv_native.info()                   # available?, POPCNT used?, library path, build seconds
+    with bitconv_native.use_reference():    # force the pure-PyTorch reference
+        logits = packed(images)
+    rows = bitconv_native.latency_table(model, images)   # float vs reference vs native, ms
+
+What runs natively (``csrc/bitconv.cpp``, plain C ABI loaded with :mod:`ctypes`)
+------------------------------------------------------------------------------
+* ``PackedSign``: thresholds -> sign and validity bit planes (SSE2 compares).
+* ``PackedBinaryConv2d.integer_forward``: the integer conv, including the
+  zero-weight correction, on 64-bit words; 4 output pixels share every weight
+  word, the padding is a zero border of the bit planes (valid = 0).
+* A whole ReActNet-A block in one call (sign, 3x3 conv, pooled shortcut,
+  RPReLU, sign, the 1x1 convs, RPReLU) on channels-last floats: one call per
+  block instead of ~20 PyTorch ops, which is what matters for small inputs.
+
+It is built on first use with the machine's C++ compiler (``$CXX``, else
+``c++``, ``g++`` or ``clang++``) in about 2-4 s into a cache folder
+(``$BNN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/bnn_helpers/native``, else
+``~/.cache/bnn_helpers/native``) under a key of the source, flags, compiler and
+platform; later processes just load it. It is compiled without
+``-march=native``: the popcount loops exist twice (baseline and POPCNT) and
+the CPU picks at run time, so a cache shared between machines stays correct.
+No torch headers and no ninja are needed (a ``torch.utils.cpp_extension``
+build of the same code takes tens of seconds and needs ninja).
+
+Switch (environment variable ``BNN_NATIVE``, or the context managers):
+``0`` reference only; ``1`` native required (an error if it cannot be built);
+unset/``auto``: native when it builds, else the reference with ONE warning
+(:class:`NativeKernelWarning`) per process. Building never happens at import.
+The kernels run on CPU float32 tensors; anything else uses the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["NativeKernelWarning", "build", "available", "info", "mode", "use_reference",
+           "use_native", "pack_signs", "conv2d", "block_a", "run_blocks", "latency_table"]
+
+SOURCE = Path(__file__).with_name("csrc") / "bitconv.cpp"
+FLAGS = ("-O3", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
+         "-fvisibility=hidden")
+ABI_VERSION = 1
+ENV = "BNN_NATIVE"
+
+_lock = threading.Lock()
+_state = {"lib": None, "error": None, "noticed": False, "path": None, "build_s": None,
+          "override": None}
+
+
+class NativeKernelWarning(UserWarning):
+    """The native kernel could not be built or loaded; the reference is used instead."""
+
+
+# ------------------------------------------------------------------ building
+def _cache_dir() -> Path:
+    if os.environ.get("BNN_NATIVE_CACHE"):
+        return Path(os.environ["BNN_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bnn_helpers" / "native"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        path = shutil.which(name) if name else None
+        if path:
+            return path
+    return None
+
+
+def _library_path(compiler: str) -> Path:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), repr(FLAGS).encode(), os.path.realpath(compiler).encode(),
+                 platform.machine().encode(), sys.platform.encode(), str(ABI_VERSION).encode()):
+        key.update(part)
+        key.update(b"\0")
+    return _cache_dir() / f"bitconv-{key.hexdigest()[:16]}" / "libbitconv.so"
+
+
+def _compile(compiler: str, target: Path) -> float:
+    """Compile the source into ``target`` (atomically); returns the seconds it took."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)],
+                              capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise RuntimeError(f"running {compiler} failed: {err}") from None
+    if proc.returncode != 0:
+        log = target.with_name("build.log")
+        log.write_text(proc.stdout + proc.stderr)
+        first = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
+                     proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else "no output")
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{os.path.basename(compiler)} failed: {first.strip()[:160]} "
+                           f"(log: {log})")
+    os.replace(tmp, target)  # atomic: a concurrent build just replaces an identical file
+    return time.perf_counter() - t0
+
+
+class _BlockA(ctypes.Structure):
+    """Mirror of ``struct BlockA`` in csrc/bitconv.cpp."""
+    _fields_ = [("C", ctypes.c_int64), ("Cout", ctypes.c_int64), ("stride", ctypes.c_int64),
+                ("Wd", ctypes.c_int64), ("lower1", ctypes.c_void_p), ("upper1", ctypes.c_void_p),
+                ("w3", ctypes.c_void_p), ("zw3", ctypes.c_void_p), ("nzw3", ctypes.c_int64),
+                ("scale1", ctypes.c_void_p), ("pool_scale", ctypes.c_float),
+                ("unused", ctypes.c_float), ("shift_in1", ctypes.c_void_p),
+                ("slope1", ctypes.c_void_p), ("shift_out1", ctypes.c_void_p),
+                ("lower2", ctypes.c_void_p), ("upper2", ctypes.c_void_p), ("w1", ctypes.c_void_p),
+                ("zw1", ctypes.c_void_p), ("nzw1", ctypes.c_int64), ("scale2", ctypes.c_void_p),
+                ("shift_in2", ctypes.c_void_p), ("slope2", ctypes.c_void_p),
+                ("shift_out2", ctypes.c_void_p)]
+
+
+def _load_library(path: Path):
+    lib = ctypes.CDLL(str(path))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.bnn_abi_version.restype = ctypes.c_int
+    lib.bnn_uses_popcnt.restype = ctypes.c_int
+    lib.bnn_block_a_size.restype = ctypes.c_int
+    lib.bnn_profile.argtypes = [ctypes.c_int]
+    lib.bnn_profile.restype = None
+    lib.bnn_profile_read.argtypes = [ctypes.POINTER(ctypes.c_double)]
+    lib.bnn_profile_read.restype = None
+    lib.bnn_pack_signs.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
+    lib.bnn_pack_signs.restype = None
+    lib.bnn_conv.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, i64, i64, ptr, i64,
+                             ptr, i64, i64, i64]
+    lib.bnn_conv.restype = None
+    lib.bnn_block_a.argtypes = [ctypes.POINTER(_BlockA), ptr, i64, i64, i64, ptr, ptr, ptr]
+    lib.bnn_block_a.restype = None
+    if lib.bnn_abi_version() != ABI_VERSION or lib.bnn_block_a_size() != ctypes.sizeof(_BlockA):
+        raise RuntimeError(f"{path} does not match this bnn_helpers (ABI/struct mismatch)")
+    return lib
+
+
+def _build_and_load():
+    """Compile if not cached, load; returns ``(lib, path, build seconds or None)``."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++ / clang++)")
+    path = _library_path(compiler)
+    build_s = None
+    if not path.is_file():
+        build_s = _compile(compiler, path)
+    try:
+        return _load_library(path), path, build_s
+    except OSError as err:  # e.g. a truncated file: rebuild once
+        if build_s is not None:
+            raise RuntimeError(f"cannot load {path}: {err}") from None
+        build_s = _compile(compiler, path)
+        return _load_library(path), path, build_s
+
+
+def _reset() -> None:
+    """Forget the loaded library, the failure and the notice (for tests)."""
+    with _lock:
+        _state.update(lib=None, error=None, noticed=False, path=None, build_s=None)
+
+
+def build(force: bool = False):
+    """Build (if needed) and load the native library now; raises on failure.
+
+    ``force=True`` recompiles even when a cached library exists. Returns :func:`info`.
+    """
+    with _lock:
+        if force:
+            compiler = _compiler()
+            if compiler is None:
+                raise RuntimeError("no C++ compiler found (set CXX, or install g++ / clang++)")
+            path = _library_path(compiler)
+            _state["build_s"] = _compile(compiler, path)
+            _state.update(lib=_load_library(path), path=path, error=None)
+        elif _state["lib"] is None:
+            lib, path, build_s = _build_and_load()
+            _state.update(lib=lib, path=path, build_s=build_s, error=None)
+    return info()
+
+
+def _try_load():
+    if _state["lib"] is not None or _state["error"] is not None:
+        return _state["lib"]
+    with _lock:
+        if _state["lib"] is None and _state["error"] is None:
+            try:
+                lib, path, build_s = _build_and_load()
+                _state.update(lib=lib, path=path, build_s=build_s)
+            except Exception as err:  # noqa: BLE001 -- any failure means: use the reference
+                _state["error"] = " ".join(str(err).split()) or type(err).__name__
+    return _state["lib"]
+
+
+def available() -> bool:
+    """Whether the native library is (or can now be) built and loaded."""
+    return _try_load() is not None
+
+
+def info() -> dict:
+    """``available``, ``mode``, ``popcnt`` (hardware instruction used), ``path``,
+    ``build_s`` (seconds this process spent compiling; None if it loaded a cached
+    build) and ``error`` (why it is unavailable)."""
+    lib = _state["lib"]
+    return {"available": lib is not None, "mode": mode(),
+            "popcnt": bool(lib.bnn_uses_popcnt()) if lib is not None else None,
+            "path": str(_state["path"]) if _state["path"] else None,
+            "build_s": _state["build_s"], "error": _state["error"]}
+
+
+# ------------------------------------------------------------------ switch
+def mode() -> str:
+    """``"off"`` (reference), ``"on"`` (native required) or ``"auto"``."""
+    if _state["override"] is not None:
+        return _state["override"]
+    value = os.environ.get(ENV, "auto").strip().lower()
+    if value in ("0", "off", "false", "no", "reference"):
+        return "off"
+    if value in ("1", "on", "true", "yes", "native", "require"):
+        return "on"
+    return "auto"
+
+
+@contextlib.contextmanager
+def _override(value):
+    saved = _state["override"]
+    _state["override"] = value
+    try:
+        yield
+    finally:
+        _state["override"] = saved
+
+
+def use_reference():
+    """Context manager: packed models use the pure-PyTorch reference inside it."""
+    return _override("off")
+
+
+def use_native():
+    """Context manager: packed models must use the native kernels (error if unavailable)."""
+    return _override("on")
+
+
+def _lib_for(x: torch.Tensor, dtype=torch.float32):
+    """The library to run ``x`` natively, or None (reference)."""
+    m = mode()
+    if m == "off" or x.device.type != "cpu" or x.dtype != dtype:
+        if m == "on":
+            raise RuntimeError(f"the native kernels take CPU {dtype} tensors, got "
+                               f"{x.device.type} {x.dtype}")
+        return None
+    lib = _try_load()
+    if lib is None:
+        if m == "on":
+            raise RuntimeError(f"{ENV}=1 / use_native(), but the native kernel is unavailable: "
+                               f"{_state['error']}")
+        if not _state["noticed"]:
+            _state["noticed"] = True
+            warnings.warn(f"bnn_helpers: native 1-bit kernel unavailable ({_state['error']}); "
+                          f"packed models run the pure-PyTorch reference instead (same results, "
+                          f"slower). Set {ENV}=0 to silence.", NativeKernelWarning, stacklevel=4)
+    return lib
+
+
+# ------------------------------------------------------------------ layers
+def _cached(module, name: str, sources, make):
+    """``make()`` cached on ``module`` until one of ``sources`` is replaced or modified."""
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in sources)
+    entry = module.__dict__.get(name)
+    if entry is None or entry[0] != key:
+        entry = (key, make())
+        module.__dict__[name] = entry
+    return entry[1]
+
+
+def _weight_words(weight_bits: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(O, K, K, B)`` -> int64 words ``(O, K, K, ceil(B / 8))`` (zero-padded)."""
+    extra = -weight_bits.shape[-1] % 8
+    if extra:
+        weight_bits = F.pad(weight_bits, (0, extra))
+    return weight_bits.contiguous().view(torch.int64).clone()
+
+
+def _f32(t: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    t = t.detach().reshape(-1).to(torch.float32)
+    if n is not None and t.numel() == 1 and n != 1:
+        t = t.expand(n)
+    return t.contiguous()
+
+
+def pack_signs(sign_module, x: torch.Tensor):
+    """Native ``PackedSign.forward``; None when the reference must run."""
+    lib = _lib_for(x)
+    if lib is None or x.dim() != 4:
+        return None
+    from .deploy import PackedActivation
+
+    n, c, h, w = x.shape
+    lower, upper = sign_module.lower, sign_module.upper
+    if lower.numel() != c or lower.dtype != torch.float32 or upper.dtype != torch.float32:
+        return None
+    wb = sign_module.word_bits
+    nbytes = math.ceil(c / wb) * wb // 8
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    bits = torch.empty(n, h, w, nbytes, dtype=torch.uint8)
+    valid = torch.empty_like(bits)
+    lib.bnn_pack_signs(xh.data_ptr(), n * h * w, c, lower.contiguous().data_ptr(),
+                       upper.contiguous().data_ptr(), bits.data_ptr(), valid.data_ptr(), nbytes)
+    return PackedActivation(bits, valid, c, wb)
+
+
+def conv2d(conv_module, act):
+    """Native ``PackedBinaryConv2d.integer_forward`` (zero weights included); or None."""
+    lib = _lib_for(act.bits, torch.uint8)
+    wbits = conv_module.weight_bits
+    if lib is None or act.bits.dtype != torch.uint8 or act.bits.dim() != 4 \
+            or act.bits.shape[-1] != wbits.shape[-1] or act.valid.shape != act.bits.shape:
+        return None
+    k, s, p = conv_module.kernel_size, conv_module.stride, conv_module.padding
+    n, h, w, nbytes = act.bits.shape
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    if ho < 1 or wo < 1:
+        return None
+    words = _cached(conv_module, "_native_words", (wbits,), lambda: _weight_words(wbits))
+    zw = conv_module.zero_weights.to(torch.int64).contiguous()
+    o = words.shape[0]
+    out = torch.empty(n, o, ho, wo, dtype=torch.int32)
+    bits, valid = act.bits.contiguous(), act.valid.contiguous()
+    lib.bnn_conv(bits.data_ptr(), valid.data_ptr(), n, h, w, nbytes, words.data_ptr(), o, k, s, p,
+                 zw.data_ptr(), zw.shape[0], out.data_ptr(), o * ho * wo, 1, ho * wo)
+    return out
+
+
+# ------------------------------------------------------------------ fused ReActNet-A block
+class _PlanA:
+    """Everything one ``bnn_block_a`` call needs, kept alive with the struct pointing at it."""
+
+    def __init__(self, block):
+        c3, pws = block.conv3x3, list(block.conv1x1)
+        c = c3.in_channels
+        if (c3.kernel_size, c3.padding, c3.stride) != (3, 1, block.stride) or block.stride not in (1, 2) \
+                or any((pw.kernel_size, pw.stride, pw.padding, pw.in_channels) != (1, 1, 0, c)
+                       for pw in pws):
+            raise ValueError("not a ReActNet-A block layout")
+        cout = sum(pw.out_channels for pw in pws)
+        if any(pw.out_channels != c for pw in pws):
+            raise ValueError("1x1 convs must keep the channel count")
+        zw1, offset = [], 0
+        for pw in pws:
+            z = pw.zero_weights.to(torch.int64).reshape(-1, 4).clone()
+            z[:, 0] += offset
+            zw1.append(z)
+            offset += pw.out_channels
+        r1, r2 = block.rprelu1, block.rprelu2
+        self.keep = {
+            "lower1": _f32(block.sign1.lower), "upper1": _f32(block.sign1.upper),
+            "w3": _weight_words(c3.weight_bits),
+            "zw3": c3.zero_weights.to(torch.int64).reshape(-1, 4).contiguous(),
+            "scale1": _f32(c3.scale), "shift_in1": _f32(r1.shift_in, c),
+            "slope1": _f32(r1.slope, c), "shift_out1": _f32(r1.shift_out, c),
+            "lower2": _f32(block.sign2.lower), "upper2": _f32(block.sign2.upper),
+            "w1": torch.cat([_weight_words(pw.weight_bits) for pw in pws]).contiguous(),
+            "zw1": torch.cat(zw1).contiguous(),
+            "scale2": torch.cat([_f32(pw.scale) for pw in pws]).contiguous(),
+            "shift_in2": _f32(r2.shift_in, cout), "slope2": _f32(r2.slope, cout),
+            "shift_out2": _f32(r2.shift_out, cout)}
+        sizes = {"lower1": c, "upper1": c, "scale1": c, "shift_in1": c, "slope1": c,
+                 "shift_out1": c, "lower2": c, "upper2": c, "scale2": cout, "shift_in2": cout,
+                 "slope2": cout, "shift_out2": cout}
+        if any(self.keep[k].numel() != v for k, v in sizes.items()):
+            raise ValueError("per-channel constants do not match the channel counts")
+        wd = self.keep["w3"].shape[-1]
+        if wd != math.ceil(c / 64) or self.keep["w1"].shape[-1] != wd:
+            raise ValueError("weight words do not match the channel count")
+        self.c, self.cout, self.stride = c, cout, block.stride
+        fields = {k: v.data_ptr() for k, v in self.keep.items()}
+        self.struct = _BlockA(C=c, Cout=cout, stride=block.stride, Wd=wd,
+                              nzw3=self.keep["zw3"].shape[0], nzw1=self.keep["zw1"].shape[0],
+                              pool_scale=float(block.pool_scale), unused=0.0, **fields)
+        self.ref = ctypes.byref(self.struct)
+
+
+def _plan_a(block):
+    sources = [t for _, t in block.named_buffers()]
+    return _cached(block, "_native_plan", sources, lambda: _PlanA(block))
+
+
+def _block_a_nhwc(lib, plan, x, dots=False):
+    n, h, w, c = x.shape
+    s = plan.stride
+    ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+    out = torch.empty(n, ho, wo, plan.cout, dtype=torch.float32)
+    d3 = torch.empty(n, ho, wo, c, dtype=torch.int32) if dots else None
+    d1 = torch.empty(n, ho, wo, plan.cout, dtype=torch.int32) if dots else None
+    lib.bnn_block_a(plan.ref, x.data_ptr(), n, h, w, out.data_ptr(),
+                    d3.data_ptr() if dots else None, d1.data_ptr() if dots else None)
+    return out, d3, d1
+
+
+def _fits(plan, shape) -> bool:
+    n, h, w, c = shape
+    return c == plan.c and (plan.stride == 1 or (h % 2 == 0 and w % 2 == 0))
+
+
+def block_a(block, x: torch.Tensor, return_dots: bool = False):
+    """One packed ReActNet-A block natively on NCHW ``x``; None when it must use the reference.
+
+    With ``return_dots`` also the integer results of the 3x3 conv and of the (stacked)
+    1x1 convs, NCHW int32, for comparing with the reference's ``integer_forward``.
+    """
+    lib = _lib_for(x)
+    if lib is None or x.dim() != 4:
+        return None
+    try:
+        plan = _plan_a(block)
+    except ValueError:
+        return None
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    if not _fits(plan, xh.shape):
+        return None
+    out, d3, d1 = _block_a_nhwc(lib, plan, xh, return_dots)
+    out = out.permute(0, 3, 1, 2).contiguous()
+    if not return_dots:
+        return out
+    return out, d3.permute(0, 3, 1, 2).contiguous(), d1.permute(0, 3, 1, 2).contiguous()
+
+
+def run_blocks(blocks, x: torch.Tensor):
+    """All blocks of a packed ReActNet-A natively (channels-last inside); None -> reference."""
+    from .deploy import PackedBlockA
+
+    lib = _lib_for(x)
+    if lib is None or x.dim() != 4 or not all(isinstance(b, PackedBlockA) for b in blocks):
+        return None
+    try:
+        plans = [_plan_a(b) for b in blocks]
+    except ValueError:
+        return None
+    h = x.permute(0, 2, 3, 1).contiguous()
+    for plan in plans:
+        if not _fits(plan, h.shape):
+            return None  # the reference reports the shape problem
+        h = _block_a_nhwc(lib, plan, h)[0]
+    return h.permute(0, 3, 1, 2).contiguous()
+
+
+# ------------------------------------------------------------------ measurements
+def _median_ms(samples):
+    return 1e3 * statistics.median(samples)
+
+
+@torch.no_grad()
+def _reference_breakdown(packed, images, clock):
+    """Seconds in PackedSign, in PackedBinaryConv2d (integer conv + scale) and the rest."""
+    from .deploy import PackedBinaryConv2d, PackedSign, PackedWeightConv2d
+
+    spent = {"pack signs": 0.0, "popcount conv": 0.0}
+    starts, handles = {}, []
+    for m in packed.modules():
+        kind = ("pack signs" if isinstance(m, PackedSign) else
+                "popcount conv" if isinstance(m, PackedBinaryConv2d)
+                and not isinstance(m, PackedWeightConv2d) else None)
+        if kind is None:
+            continue
+        handles.append(m.register_forward_pre_hook(
+            lambda mod, inp: starts.__setitem__(id(mod), clock())))
+        handles.append(m.register_forward_hook(
+            lambda mod, inp, out, k=kind: spent.__setitem__(k, spent[k] + clock() - starts[id(mod)])))
+    try:
+        with use_reference():
+            t0 = clock()
+            packed(images)
+            total = clock() - t0
+    finally:
+        for h in handles:
+            h.remove()
+    return {**spent, "real-valued ops, layout, Python": total - sum(spent.values()),
+            "total": total}
+
+
+@torch.no_grad()
+def _native_breakdown(packed, images, clock):
+    lib = _state["lib"]
+    lib.bnn_profile(1)
+    try:
+        with use_native():
+            t0 = clock()
+            packed(images)
+            total = clock() - t0
+        ns = (ctypes.c_double * 3)()
+        lib.bnn_profile_read(ns)
+    finally:
+        lib.bnn_profile(0)
+    parts = {"pack signs": ns[0] * 1e-9, "popcount conv": ns[1] * 1e-9,
+             "real-valued ops (fused)": ns[2] * 1e-9}
+    return {**parts, "stem, head, layout, Python": total - sum(parts.values()), "total": total}
+
+
+def latency_table(model, images: torch.Tensor, packed=None, word_bits: int = 64, reps: int = 5,
+                  warmup: int = 1, threads: int = 1, clock: str = "thread",
+                  breakdown: bool = True) -> list:
+    """Time the float model, the packed reference and the packed native kernels.
+
+    ``model``: a step-2 ReActNet-A / ReActNet-18 in eval mode (the float
+    simulation, run under ``torch.inference_mode``); ``packed``: its packed form
+    (default ``deploy.pack(model, word_bits)``). The three run alternately,
+    ``reps`` times after ``warmup`` rounds, with ``threads`` torch threads;
+    ``clock="thread"`` measures this thread's CPU time (``time.thread_time``,
+    barely disturbed by other programs on a shared machine; with one thread it is
+    the whole cost), ``"wall"`` wall-clock. Medians.
+
+    Returns a list of dicts ``{"path", "part", "ms", "ms_per_image", "batch"}``:
+    ``part="total"`` for the three paths, and with ``breakdown`` one extra
+    profiled run of each packed path split into ``pack signs``, ``popcount conv``
+    and the rest (wall-clock; see :func:`_reference_breakdown`). Put it in
+    ``pandas.DataFrame(rows)``. Without a native kernel, its rows are missing and
+    the one-line warning says why.
+    """
+    from .deploy import pack
+
+    clocks = {"thread": time.thread_time, "wall": time.perf_counter}
+    if clock not in clocks:
+        raise ValueError(f"clock must be 'thread' or 'wall', got {clock!r}")
+    tick = clocks[clock]
+    if packed is None:
+        packed = pack(model, word_bits)
+    was_training = model.training
+    model.eval()
+    batch = images.shape[0]
+
+    def run_float():
+        with torch.inference_mode():
+            model(images)
+
+    def run_reference():
+        with torch.no_grad(), use_reference():
+            packed(images)
+
+    def run_native():
+        with torch.no_grad(), use_native():
+            packed(images)
+
+    paths = {"float": run_float, "reference": run_reference}
+    with torch.no_grad():
+        if mode() != "off" and _lib_for(images.float()) is not None:
+            paths["native"] = run_native
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        samples = {name: [] for name in paths}
+        for i in range(warmup + reps):
+            for name, fn in paths.items():
+                t0 = tick()
+                fn()
+                if i >= warmup:
+                    samples[name].append(tick() - t0)
+        for name, s in samples.items():
+            ms = _median_ms(s)
+            rows.append({"path": name, "part": "total", "ms": ms, "ms_per_image": ms / batch,
+                         "batch": batch})
+        if breakdown:
+            parts = {"reference": _reference_breakdown(packed, images, time.perf_counter)}
+            if "native" in paths:
+                parts["native"] = _native_breakdown(packed, images, time.perf_counter)
+            for name, split in parts.items():
+                for part, sec in split.items():
+                    rows.append({"path": name, "part": f"profiled {part}", "ms": sec * 1e3,
+                                 "ms_per_image": sec * 1e3 / batch, "batch": batch})
+    finally:
+        torch.set_num_threads(saved_threads)
+        model.train(was_training)
+    return rows
