@@ -54,6 +54,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -287,14 +288,25 @@ def _lib_for(x: torch.Tensor, dtype=torch.float32):
 
 
 # ------------------------------------------------------------------ layers
-def _cached(module, name: str, sources, make):
-    """``make()`` cached on ``module`` until one of ``sources`` is replaced or modified."""
-    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in sources)
-    entry = module.__dict__.get(name)
-    if entry is None or entry[0] != key:
-        entry = (key, make())
-        module.__dict__[name] = entry
-    return entry[1]
+_CACHE = weakref.WeakKeyDictionary()  # module -> {name: (sources, versions, value)}
+
+
+def _cached(module, name: str, make):
+    """``make()``, cached for ``module`` until one of its buffers is replaced or modified
+    in place (``load_state_dict`` included). Kept outside the module: copies, pickles
+    and state dicts of packed models never see it."""
+    entries = _CACHE.setdefault(module, {})
+    entry = entries.get(name)
+    if entry is not None:
+        sources, versions, value = entry
+        if all(bufs.get(key) is t and t._version == v
+               for (bufs, key, t), v in zip(sources, versions)):
+            return value
+    sources = [(m._buffers, key, t) for m in module.modules()
+               for key, t in m._buffers.items() if t is not None]
+    value = make()
+    entries[name] = (sources, [t._version for _, _, t in sources], value)
+    return value
 
 
 def _weight_words(weight_bits: torch.Tensor) -> torch.Tensor:
@@ -345,7 +357,7 @@ def conv2d(conv_module, act):
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     if ho < 1 or wo < 1:
         return None
-    words = _cached(conv_module, "_native_words", (wbits,), lambda: _weight_words(wbits))
+    words = _cached(conv_module, "words", lambda: _weight_words(wbits))
     zw = conv_module.zero_weights.to(torch.int64).contiguous()
     o = words.shape[0]
     out = torch.empty(n, o, ho, wo, dtype=torch.int32)
@@ -405,8 +417,7 @@ class _PlanA:
 
 
 def _plan_a(block):
-    sources = [t for _, t in block.named_buffers()]
-    return _cached(block, "_native_plan", sources, lambda: _PlanA(block))
+    return _cached(block, "plan", lambda: _PlanA(block))
 
 
 def _block_a_nhwc(lib, plan, x, dots=False):

@@ -69,7 +69,7 @@ T* scratch(std::vector<T>& v, size_t n) {
     return v.data();
 }
 thread_local std::vector<u64> t_planes_a, t_planes_b;
-thread_local std::vector<float> t_mid;
+thread_local std::vector<float> t_mid, t_pooled;
 thread_local std::vector<int32_t> t_dots;
 
 BNN_INLINE int popc(u64 x) { return __builtin_popcountll(x); }
@@ -131,29 +131,45 @@ struct ConvWeights {
     i64 nzw;
 };
 
-// Dots of P output pixels (windows starting at base[p], padded coordinates) with all O
-// output channels -> dots[p * O + o].
+struct Taps {  // window rows ky0..ky1-1 and columns kx0..kx1-1 that can touch the input
+    i64 ky0, ky1, kx0, kx1;
+};
+
+// Taps of the window starting at padded (y, x) that overlap the unpadded input; taps
+// outside it only read padding (valid = 0) and are skipped.
+BNN_INLINE Taps taps_at(i64 y, i64 x_first, i64 x_last, i64 K, i64 pad, i64 H, i64 W) {
+    Taps t;
+    t.ky0 = std::max<i64>(0, pad - y);
+    t.ky1 = std::min<i64>(K, pad + H - y);
+    t.kx0 = std::max<i64>(0, pad - x_last);  // union over the tile's windows
+    t.kx1 = std::min<i64>(K, pad + W - x_first);
+    return t;
+}
+
+// Dots of P output windows (starting at base[p]) with all O output channels over the
+// taps `t` -> dots[p * O + o].
 template <int P>
 BNN_INLINE void tile_dots(const u64* const* base, i64 rowstep, const ConvWeights& cw,
-                          int32_t* dots) {
-    const i64 K = cw.K, run = K * cw.Wd;  // weight words per kernel row
+                          const Taps& t, int32_t* dots) {
+    const i64 K = cw.K, Wd = cw.Wd;
+    const i64 first = t.kx0 * Wd, run = (t.kx1 - t.kx0) * Wd;  // words per window row
     i64 nvalid[P];
     for (int p = 0; p < P; ++p) {
         i64 n = 0;
-        for (i64 ky = 0; ky < K; ++ky) {
-            const u64* a = base[p] + ky * rowstep;
+        for (i64 ky = t.ky0; ky < t.ky1; ++ky) {
+            const u64* a = base[p] + ky * rowstep + 2 * first;
             for (i64 l = 0; l < run; ++l) n += popc(a[2 * l + 1]);
         }
         nvalid[p] = n;
     }
     for (i64 o = 0; o < cw.O; ++o) {
-        const u64* w = cw.w + o * K * run;
+        const u64* w = cw.w + o * K * K * Wd + first;
         i64 acc[P];
         for (int p = 0; p < P; ++p) acc[p] = 0;
-        for (i64 ky = 0; ky < K; ++ky) {
-            const u64* wr = w + ky * run;
+        for (i64 ky = t.ky0; ky < t.ky1; ++ky) {
+            const u64* wr = w + ky * K * Wd;
             const u64* a[P];
-            for (int p = 0; p < P; ++p) a[p] = base[p] + ky * rowstep;
+            for (int p = 0; p < P; ++p) a[p] = base[p] + ky * rowstep + 2 * first;
             for (i64 l = 0; l < run; ++l) {
                 const u64 wl = wr[l];
                 for (int p = 0; p < P; ++p) acc[p] += popc((a[p][2 * l] ^ wl) & a[p][2 * l + 1]);
@@ -177,38 +193,75 @@ BNN_INLINE void fix_zero_weights(const u64* const* base, int np, i64 rowstep,
     }
 }
 
-// Convolution of planes `in` (already padded) with stride `stride`; output pixels are
-// visited in (n, oy, ox) order, kTile at a time, and handed to epi(q0, np, dots).
+// Convolution of planes `in` (padded by `pad`) with stride `stride`. Output pixels are
+// processed kTile at a time and handed to epi(qs, np, dots), qs = (n * Ho + oy) * Wo + ox.
+// With a batch of at least kTile, a tile is one position in kTile images (the same
+// taps are valid for all of them, so small maps skip their padding exactly); otherwise
+// kTile neighbours in one output row.
 template <class Epi>
-BNN_INLINE void conv_planes(const Planes& in, const ConvWeights& cw, i64 stride, i64 Ho,
+BNN_INLINE void conv_planes(const Planes& in, i64 pad, const ConvWeights& cw, i64 stride, i64 Ho,
                             i64 Wo, Epi& epi, Clock& clk) {
-    const i64 total = in.N * Ho * Wo, rowstep = in.Wp * 2 * in.Wd;
+    const i64 N = in.N, K = cw.K, H = in.Hp - 2 * pad, W = in.Wp - 2 * pad;
+    const i64 rowstep = in.Wp * 2 * in.Wd;
     int32_t* dots = scratch(t_dots, size_t(kTile * cw.O));
-    for (i64 q0 = 0; q0 < total; q0 += kTile) {
-        const int np = int(std::min<i64>(kTile, total - q0));
-        const u64* base[kTile];
-        for (int p = 0; p < np; ++p) {
-            const i64 q = q0 + p, n = q / (Ho * Wo), r = q % (Ho * Wo);
-            base[p] = in.at(n, (r / Wo) * stride, (r % Wo) * stride);
-        }
-        if (np == kTile) {
-            tile_dots<kTile>(base, rowstep, cw, dots);
-        } else {
-            for (int p = 0; p < np; ++p) tile_dots<1>(base + p, rowstep, cw, dots + p * cw.O);
-        }
-        if (cw.nzw) fix_zero_weights(base, np, rowstep, cw, dots);
-        clk.stop(1);
-        epi(q0, np, dots);
-        clk.stop(2);
+    const u64* base[kTile];
+    i64 qs[kTile];
+    if (N >= kTile) {
+        for (i64 oy = 0; oy < Ho; ++oy)
+            for (i64 ox = 0; ox < Wo; ++ox) {
+                const Taps t = taps_at(oy * stride, ox * stride, ox * stride, K, pad, H, W);
+                for (i64 n0 = 0; n0 < N; n0 += kTile) {
+                    const int np = int(std::min<i64>(kTile, N - n0));
+                    for (int p = 0; p < np; ++p) {
+                        base[p] = in.at(n0 + p, oy * stride, ox * stride);
+                        qs[p] = ((n0 + p) * Ho + oy) * Wo + ox;
+                    }
+                    if (np == kTile) {
+                        tile_dots<kTile>(base, rowstep, cw, t, dots);
+                    } else {
+                        for (int p = 0; p < np; ++p)
+                            tile_dots<1>(base + p, rowstep, cw, t, dots + p * cw.O);
+                    }
+                    if (cw.nzw) fix_zero_weights(base, np, rowstep, cw, dots);
+                    clk.stop(1);
+                    epi(qs, np, dots);
+                    clk.stop(2);
+                }
+            }
+    } else {
+        for (i64 n = 0; n < N; ++n)
+            for (i64 oy = 0; oy < Ho; ++oy)
+                for (i64 ox0 = 0; ox0 < Wo; ox0 += kTile) {
+                    const int np = int(std::min<i64>(kTile, Wo - ox0));
+                    for (int p = 0; p < np; ++p) {
+                        base[p] = in.at(n, oy * stride, (ox0 + p) * stride);
+                        qs[p] = (n * Ho + oy) * Wo + ox0 + p;
+                    }
+                    if (np == kTile) {
+                        const Taps t = taps_at(oy * stride, ox0 * stride,
+                                               (ox0 + kTile - 1) * stride, K, pad, H, W);
+                        tile_dots<kTile>(base, rowstep, cw, t, dots);
+                    } else {
+                        for (int p = 0; p < np; ++p) {
+                            const i64 x = (ox0 + p) * stride;
+                            const Taps t = taps_at(oy * stride, x, x, K, pad, H, W);
+                            tile_dots<1>(base + p, rowstep, cw, t, dots + p * cw.O);
+                        }
+                    }
+                    if (cw.nzw) fix_zero_weights(base, np, rowstep, cw, dots);
+                    clk.stop(1);
+                    epi(qs, np, dots);
+                    clk.stop(2);
+                }
     }
 }
 
 struct StoreEpi {  // int32 dots to a strided (n, pixel, channel) output
     int32_t* out;
     i64 sn, sp, sc, HoWo, O;
-    BNN_INLINE void operator()(i64 q0, int np, const int32_t* dots) const {
+    BNN_INLINE void operator()(const i64* qs, int np, const int32_t* dots) const {
         for (int p = 0; p < np; ++p) {
-            const i64 q = q0 + p;
+            const i64 q = qs[p];
             int32_t* dst = out + (q / HoWo) * sn + (q % HoWo) * sp;
             for (i64 o = 0; o < O; ++o) dst[o * sc] = dots[p * O + o];
         }
@@ -263,7 +316,7 @@ BNN_INLINE void conv_impl(const uint8_t* bits, const uint8_t* valid, i64 N, i64 
     const i64 Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
     ConvWeights cw{weight, O, K, Wd, zw, nzw};
     StoreEpi epi{out, sn, sp, sc, Ho * Wo, O};
-    conv_planes(in, cw, stride, Ho, Wo, epi, clk);
+    conv_planes(in, pad, cw, stride, Ho, Wo, epi, clk);
 }
 
 // ---------------------------------------------------------------- fused ReActNet-A block
@@ -283,43 +336,61 @@ struct BlockA {  // mirrored by bitconv_native._BlockA (ctypes); all arrays cont
     const float *scale2, *shift_in2, *slope2, *shift_out2;  // (Cout)
 };
 
+// out[c] = RPReLU(a[c] + dot[c] * scale[c]) with the reference's float32 steps:
+// h = dot * scale; t = a + h; t = t + shift_in; t = t > 0 ? t : slope * t; t + shift_out.
+BNN_INLINE void residual_rprelu(float* __restrict out, const float* __restrict a,
+                                const int32_t* __restrict dot, const float* __restrict scale,
+                                const float* __restrict shift_in, const float* __restrict slope,
+                                const float* __restrict shift_out, i64 C) {
+    i64 c = 0;
+#if defined(__SSE2__)
+    const __m128 zero = _mm_setzero_ps();
+    for (; c + 4 <= C; c += 4) {
+        const __m128 h = _mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128((const __m128i*)(dot + c))),
+                                    _mm_loadu_ps(scale + c));
+        __m128 t = _mm_add_ps(_mm_add_ps(_mm_loadu_ps(a + c), h), _mm_loadu_ps(shift_in + c));
+        const __m128 leaky = _mm_mul_ps(_mm_loadu_ps(slope + c), t);
+        const __m128 pos = _mm_cmpgt_ps(t, zero);
+        t = _mm_or_ps(_mm_and_ps(pos, t), _mm_andnot_ps(pos, leaky));
+        _mm_storeu_ps(out + c, _mm_add_ps(t, _mm_loadu_ps(shift_out + c)));
+    }
+#endif
+    for (; c < C; ++c) {
+        float t = a[c] + float(dot[c]) * scale[c];
+        t = t + shift_in[c];
+        const float leaky = slope[c] * t;  // computed unconditionally: a select, no branch
+        t = t > 0.0f ? t : leaky;
+        out[c] = t + shift_out[c];
+    }
+}
+
 struct Half1Epi {
     const BlockA* b;
     const float* x;  // (N, H, W, C)
     i64 H, W, Ho, Wo;
     float* y;        // (N, Ho, Wo, C)
+    float* pooled;   // C floats of scratch
     Planes next;     // sign2(y), unpadded
     int32_t* dbg;    // optional copy of the dots (N, Ho, Wo, C)
-    BNN_INLINE void operator()(i64 q0, int np, const int32_t* dots) const {
+    BNN_INLINE void operator()(const i64* qs, int np, const int32_t* dots) const {
         const i64 C = b->C;
         for (int p = 0; p < np; ++p) {
-            const i64 q = q0 + p;
+            const i64 q = qs[p];
             const int32_t* d = dots + p * C;
             float* yq = y + q * C;
+            const float* shortcut = x + q * C;  // stride 1: same pixel
             if (b->stride == 2) {
                 const i64 n = q / (Ho * Wo), r = q % (Ho * Wo), oy = r / Wo, ox = r % Wo;
-                const float* x00 = x + ((n * H + 2 * oy) * W + 2 * ox) * C;
-                const float *x01 = x00 + C, *x10 = x00 + W * C, *x11 = x10 + C;
+                const float* __restrict x00 = x + ((n * H + 2 * oy) * W + 2 * ox) * C;
+                const float *__restrict x01 = x00 + C, *__restrict x10 = x00 + W * C,
+                            *__restrict x11 = x10 + C;
+                float* __restrict sum = pooled;
                 const float ps = b->pool_scale;
-                for (i64 c = 0; c < C; ++c) {
-                    float s = x00[c];  // avg_pool2d(divisor_override=1): ((a + b) + c) + d
-                    s = s + x01[c];
-                    s = s + x10[c];
-                    s = s + x11[c];
-                    float t = s * ps + float(d[c]) * b->scale1[c];
-                    t = t + b->shift_in1[c];
-                    t = t > 0.0f ? t : b->slope1[c] * t;
-                    yq[c] = t + b->shift_out1[c];
-                }
-            } else {
-                const float* xq = x + q * C;
-                for (i64 c = 0; c < C; ++c) {
-                    float t = xq[c] + float(d[c]) * b->scale1[c];
-                    t = t + b->shift_in1[c];
-                    t = t > 0.0f ? t : b->slope1[c] * t;
-                    yq[c] = t + b->shift_out1[c];
-                }
+                for (i64 c = 0; c < C; ++c)  // avg_pool2d(divisor_override=1): ((a + b) + c) + d
+                    sum[c] = (((x00[c] + x01[c]) + x10[c]) + x11[c]) * ps;
+                shortcut = pooled;
             }
+            residual_rprelu(yq, shortcut, d, b->scale1, b->shift_in1, b->slope1, b->shift_out1, C);
             pack_pixel(yq, C, b->lower2, b->upper2, next.data + q * 2 * next.Wd, next.Wd);
             if (dbg) std::memcpy(dbg + q * C, d, size_t(C) * sizeof(int32_t));
         }
@@ -331,23 +402,14 @@ struct Half2Epi {
     const float* y;  // (N, Ho, Wo, C)
     float* out;      // (N, Ho, Wo, Cout)
     int32_t* dbg;
-    BNN_INLINE void operator()(i64 q0, int np, const int32_t* dots) const {
+    BNN_INLINE void operator()(const i64* qs, int np, const int32_t* dots) const {
         const i64 C = b->C, Co = b->Cout;
         for (int p = 0; p < np; ++p) {
-            const i64 q = q0 + p;
-            const int32_t* d = dots + p * Co;
-            const float* yq = y + q * C;
-            float* oq = out + q * Co;
-            for (i64 c0 = 0; c0 < Co; c0 += C) {  // cat([conv_k(g) + y for k])
-                for (i64 c = 0; c < C; ++c) {
-                    const i64 k = c0 + c;
-                    float t = float(d[k]) * b->scale2[k] + yq[c];
-                    t = t + b->shift_in2[k];
-                    t = t > 0.0f ? t : b->slope2[k] * t;
-                    oq[k] = t + b->shift_out2[k];
-                }
-            }
-            if (dbg) std::memcpy(dbg + q * Co, d, size_t(Co) * sizeof(int32_t));
+            const i64 q = qs[p];
+            for (i64 k = 0; k < Co; k += C)  // cat([conv_k(g) + y for k]); h + y == y + h
+                residual_rprelu(out + q * Co + k, y + q * C, dots + p * Co + k, b->scale2 + k,
+                                b->shift_in2 + k, b->slope2 + k, b->shift_out2 + k, C);
+            if (dbg) std::memcpy(dbg + q * Co, dots + p * Co, size_t(Co) * sizeof(int32_t));
         }
     }
 };
@@ -365,10 +427,11 @@ BNN_INLINE void block_a_impl(const BlockA* b, const float* x, i64 N, i64 H, i64 
     p2.data = scratch(t_planes_b, p2.words());
     float* y = scratch(t_mid, size_t(N * Ho * Wo * C));
     clk.stop(0);
-    Half1Epi e1{b, x, H, W, Ho, Wo, y, p2, dbg3};
-    conv_planes(p1, ConvWeights{b->w3, C, 3, Wd, b->zw3, b->nzw3}, s, Ho, Wo, e1, clk);
+    float* pooled = scratch(t_pooled, size_t(C));
+    Half1Epi e1{b, x, H, W, Ho, Wo, y, pooled, p2, dbg3};
+    conv_planes(p1, 1, ConvWeights{b->w3, C, 3, Wd, b->zw3, b->nzw3}, s, Ho, Wo, e1, clk);
     Half2Epi e2{b, y, out, dbg1};
-    conv_planes(p2, ConvWeights{b->w1, b->Cout, 1, Wd, b->zw1, b->nzw1}, 1, Ho, Wo, e2, clk);
+    conv_planes(p2, 0, ConvWeights{b->w1, b->Cout, 1, Wd, b->zw1, b->nzw1}, 1, Ho, Wo, e2, clk);
 }
 
 // ---------------------------------------------------------------- ISA dispatch
