@@ -48,6 +48,8 @@ __all__ = [
     "signal_propagation",
     "logit_variance",
     "top1_accuracy",
+    "top2_margin",
+    "compare_predictions",
     "sign_layers",
     "binary_sign",
     "latent_weight_values",
@@ -265,6 +267,43 @@ def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
             for module, training in modes:
                 module.training = training
     return 100.0 * hits / len(y)
+
+
+def top2_margin(logits: torch.Tensor) -> torch.Tensor:
+    """Per sample: the largest logit minus the second largest (0 for an exact tie)."""
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"top2_margin needs (N, classes >= 2) logits, got {tuple(logits.shape)}")
+    top2 = logits.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def compare_predictions(reference: torch.Tensor, other: torch.Tensor, rounding_bound: float,
+                        labels: torch.Tensor | None = None) -> dict:
+    """Compare two networks' predictions where rounding cannot decide them.
+
+    Argmax and accuracy are discontinuous: when two computations of the same
+    function differ by up to ``rounding_bound`` per logit (another CPU, kernel,
+    thread count or batch size), a sample whose reference top-2 margin is at
+    most ``2 * rounding_bound`` may flip its prediction without anything being
+    wrong. Those samples are *undecided* and left out of the argmax check;
+    everywhere else the predictions must agree. Accuracies may then differ by
+    at most the undecided share, which is returned as ``accuracy_tolerance``
+    (in percentage points).
+    """
+    if reference.shape != other.shape:
+        raise ValueError(f"logit shapes differ: {tuple(reference.shape)} vs {tuple(other.shape)}")
+    if not rounding_bound >= 0:
+        raise ValueError(f"rounding_bound must be >= 0, got {rounding_bound!r}")
+    decided = top2_margin(reference) > 2 * rounding_bound
+    same = reference.argmax(1) == other.argmax(1)
+    result = {"samples": len(reference), "undecided": int((~decided).sum()),
+              "compared": int(decided.sum()), "disagree": int((~same & decided).sum()),
+              "max logit diff": float((reference - other).abs().max()) if len(reference) else 0.0,
+              "accuracy_tolerance": 100.0 * float((~decided).sum()) / max(len(reference), 1)}
+    if labels is not None:
+        for key, logits in (("top-1 reference %", reference), ("top-1 other %", other)):
+            result[key] = 100.0 * int((logits.argmax(1) == labels).sum()) / len(labels)
+    return result
 
 
 # --------------------------------------------------------------------------

@@ -335,3 +335,26 @@ def test_top1_accuracy_rejects_mismatched_inputs():
         D.top1_accuracy(_Fixed(), torch.zeros(3, 1), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="batch_size"):
         D.top1_accuracy(_Fixed(), torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), batch_size=0)
+
+
+def test_compare_predictions_leaves_out_only_samples_rounding_can_decide():
+    from bnn_helpers.diagnostics import compare_predictions, top2_margin
+
+    reference = torch.tensor([[1.0, 0.9999, 0.0],    # margin 1e-4: undecided at bound 1e-4
+                              [2.0, 0.0, 1.0],        # margin 1: decided
+                              [0.0, 1.0, 0.5]])       # margin 0.5: decided
+    assert torch.allclose(top2_margin(reference), torch.tensor([1e-4, 1.0, 0.5]), atol=1e-7)
+    flipped_tie = reference + torch.tensor([[0.0, 2e-4, 0.0], [0, 0, 0], [0, 0, 0]])
+    check = compare_predictions(reference, flipped_tie, 1e-4, labels=torch.tensor([0, 0, 1]))
+    assert (check["undecided"], check["compared"], check["disagree"]) == (1, 2, 0)
+    assert check["accuracy_tolerance"] == pytest.approx(100 / 3)
+    assert check["top-1 reference %"] == pytest.approx(100.0)
+    assert check["top-1 other %"] == pytest.approx(200 / 3)
+    # a decided sample whose prediction changes is a real disagreement
+    wrong = reference.clone()
+    wrong[1] = torch.tensor([0.0, 3.0, 1.0])
+    assert compare_predictions(reference, wrong, 1e-4)["disagree"] == 1
+    with pytest.raises(ValueError, match="shapes differ"):
+        compare_predictions(reference, reference[:2], 1e-4)
+    with pytest.raises(ValueError, match="rounding_bound"):
+        compare_predictions(reference, reference, -1.0)

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from bnn_helpers.data import load_digits_tensors
+from bnn_helpers.diagnostics import compare_predictions
 from bnn_helpers.train import SUMMARY_COLUMNS, TrainError, load_trained, run
 
 torch.set_num_threads(1)  # 2 busy cores: more threads only contend
@@ -121,10 +123,15 @@ def _ddp_worker(rank, world, port, cfg):
 
 
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    # One SGD update: the first forward sees identical weights in both runs, so only the
+    # gradient's summation order differs (16 samples vs 2 x 8 all-reduced), and the weights
+    # must agree to rounding. A second update would run a sign network on weights that differ
+    # by rounding: one sign flipped near its threshold changes the gradients, and the runs
+    # diverge for a reason that has nothing to do with DDP (seen: head weights 5 % apart).
     # SGD: Adam's update is ~lr*sign(g) where g is at rounding-noise level, which would turn
     # the different summation order of 2 processes into lr-sized weight differences.
     cfg = dict(TINY, dataset="digits", model="reactnet_a_bf", epochs=1, step="1", batch_size=16,
-               max_train_batches=2, optimizer="sgd", lr=0.05, eval_batch_size=360,
+               max_train_batches=1, optimizer="sgd", lr=0.05, eval_batch_size=360,
                output_dir=str(tmp_path))
     single = run(None, name="single", **cfg)
     port = 29000 + os.getpid() % 1000
@@ -136,8 +143,20 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     _, rows_a = read_summary(single)
     _, rows_b = read_summary(tmp_path / "ddp")
-    assert float(rows_a[0]["val_top1"]) == pytest.approx(float(rows_b[0]["val_top1"]), abs=0.3)
     assert float(rows_a[0]["train_loss"]) == pytest.approx(float(rows_b[0]["train_loss"]), rel=1e-4)
+    # The two runs' val top-1 are not compared: their weights differ by rounding, and a sign
+    # network near chance flips predictions on rounding-level differences (8.06 vs 9.17 % on
+    # another CPU). What DDP must get right is its sharded evaluation: each run's reported
+    # top-1 equals an in-process evaluation of its own weights, except for samples whose top-2
+    # margin rounding can decide (batch 360 vs 2 x 180 may change the summation order; 1e-4 of
+    # the logit scale is ~1000x float32 rounding).
+    _, (x_val, y_val) = load_digits_tensors()
+    for run_dir, rows in ((single, rows_a), (tmp_path / "ddp", rows_b)):
+        with torch.no_grad():
+            logits = load_trained(run_dir, step=1, which="last")(x_val)
+        check = compare_predictions(logits, logits, 1e-4 * float(logits.abs().max()), y_val)
+        assert float(rows[0]["val_top1"]) == pytest.approx(check["top-1 reference %"],
+                                                           abs=check["accuracy_tolerance"] + 1e-9)
 
 
 def test_run_or_load_trains_once_then_reuses_and_retrains_on_new_settings(tmp_path):
