@@ -10,16 +10,71 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import yaml
 
-__all__ = ["TrainError", "DEFAULTS", "load_config", "resolve_config", "parse_cli_overrides",
-           "run_dir_of", "describe_keys"]
+__all__ = ["TrainError", "CorruptCheckpointError", "RefusedCheckpointError", "DEFAULTS",
+           "load_config", "resolve_config", "parse_cli_overrides", "run_dir_of", "describe_keys",
+           "checkpoint_load_error", "checkpoint_damage"]
 
 
 class TrainError(Exception):
     """Bad input to the engine; ``main()`` prints ``error: <message>`` and exits 2."""
+
+
+class CorruptCheckpointError(TrainError):
+    """A checkpoint file that is truncated or damaged (its bytes, not its contents, are wrong)."""
+
+
+class RefusedCheckpointError(TrainError, pickle.UnpicklingError):
+    """A checkpoint that ``torch.load(weights_only=True)`` refuses: it holds more than tensors and
+    plain containers. Also an ``UnpicklingError``, the type torch raises for it."""
+
+
+def checkpoint_damage(path: str | os.PathLike) -> str | None:
+    """Why a zip-format checkpoint is damaged (truncated, or a member failing its CRC), else None.
+
+    ``torch.load`` does not check CRCs, so a flipped byte in the tensor data loads silently.
+    Files of the legacy (non-zip) format are not checked.
+    """
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if not is_zip:
+            return None
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError):
+        return "incomplete zip archive"
+    return f"member {bad} fails its CRC check" if bad else None
+
+
+def checkpoint_load_error(path, exc: BaseException) -> TrainError:
+    """The one-line error for a failed ``torch.load(path, weights_only=True)``.
+
+    A refused pickle (:class:`RefusedCheckpointError`) names the global it holds; anything else
+    that stops the load is a truncated or damaged file (:class:`CorruptCheckpointError`).
+    """
+    if isinstance(exc, OSError):
+        return TrainError(f"cannot read checkpoint {path}: {exc.strerror or exc}")
+    text = str(exc)
+    blocked = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if blocked:
+        return RefusedCheckpointError(
+            f"{path} was refused by weights-only loading: it holds {blocked[0]}, not only tensors and "
+            "plain containers; re-save it as a state_dict of tensors, or, if you trust the file, allow "
+            f"the type with torch.serialization.add_safe_globals([{blocked[0]}])")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        why = "empty file"
+    else:
+        why = checkpoint_damage(path) or (text.strip().splitlines() or [type(exc).__name__])[0]
+        if "Unsupported operand" in text or "invalid load key" in text:
+            why = "not a PyTorch checkpoint"  # what random bytes look like to the unpickler
+    return CorruptCheckpointError(f"{path} is corrupt (truncated or damaged: {why[:160]})")
 
 
 # key -> (default, type, help). Type None means "any YAML value".
@@ -29,7 +84,10 @@ _SPEC: dict[str, tuple] = {
     "output_dir": (None, str, "parent folder of run directories (default: bnn_helpers.paths.runs_dir())"),
     "run_dir": (None, str, "explicit run directory (overrides output_dir/name)"),
     "overwrite": (False, bool, "start afresh even if run_dir already holds checkpoints"),
-    "resume": (False, bool, "continue from run_dir/step*/last.pth"),
+    "resume": (False, bool, "continue from run_dir/step*/last.pth; only epochs and lr may change "
+                            "(recorded in resume_changes.csv)"),
+    "resume_from": ("last", str, "checkpoint --resume continues from: last, or best (e.g. when "
+                                 "last.pth is corrupt; the old last.pth is kept as last.pth.old)"),
     "step": ("both", str, "'both' (step 1 then step 2), '1' or '2'"),
     "step1_checkpoint": (None, str, "step-1 checkpoint (file or run dir) to start step 2 from"),
     "seed": (0, int, "seed of weights, data order and augmentation"),
@@ -88,7 +146,7 @@ _SPEC: dict[str, tuple] = {
 
 DEFAULTS = {k: v[0] for k, v in _SPEC.items()}
 _CHOICES = {
-    "step": ("both", "1", "2"), "device": ("auto", "cpu", "cuda"),
+    "step": ("both", "1", "2"), "device": ("auto", "cpu", "cuda"), "resume_from": ("last", "best"),
     "beta_schedule": ("published", "nf"), "estimator": ("approx", "ste", "identity"),
     "dataset": ("imagenet", "cifar10", "cifar100", "digits", "folder"),
     "lr_schedule": ("published", "linear", "constant"), "optimizer": ("adam", "sgd"),
@@ -206,9 +264,15 @@ def load_config(config: str | os.PathLike | dict | None = None, overrides=None) 
         if not path.is_file():
             raise TrainError(f"config file {str(path)!r} not found; pass e.g. --config configs/digits/reactnet_a_bf.yaml")
         try:
-            base = yaml.safe_load(path.read_text()) or {}
+            base = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise TrainError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                             f"at offset {exc.start}); pass a YAML recipe such as "
+                             "configs/digits/reactnet_a_bf.yaml") from None
         except yaml.YAMLError as exc:
             raise TrainError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+        except OSError as exc:
+            raise TrainError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
         if not isinstance(base, dict):
             raise TrainError(f"config file {str(path)!r} must hold a mapping of key: value")
     return resolve_config(base, overrides)

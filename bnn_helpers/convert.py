@@ -196,10 +196,18 @@ def from_published_state_dict(model: nn.Module, checkpoint: Mapping) -> dict[str
 def load_published_checkpoint(model: nn.Module, path_or_state_dict) -> nn.Module:
     """Load a checkpoint of the published code (a path or an already loaded dict) into ``model``.
 
-    Files are read with ``torch.load(weights_only=True)`` on the CPU.
+    Files are read with ``torch.load(weights_only=True)`` on the CPU; a file that fails to
+    load raises :class:`~bnn_helpers.config.CorruptCheckpointError` (truncated or damaged)
+    or :class:`~bnn_helpers.config.RefusedCheckpointError` (a refused pickle, naming the
+    global it holds; also a ``pickle.UnpicklingError``).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        except Exception as exc:  # one line: corrupt file, or the global a refused pickle holds
+            from .config import checkpoint_load_error
+
+            raise checkpoint_load_error(path_or_state_dict, exc) from None
     else:
         checkpoint = path_or_state_dict
     converted = from_published_state_dict(model, checkpoint)

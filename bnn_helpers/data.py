@@ -134,6 +134,18 @@ def _image_folder(root: Path, transform):
                          "expected <root>/<class>/<image>.jpg") from None
 
 
+def _class_difference(train_classes, val_classes) -> str:
+    """Which class folders only one split has (ImageFolder sorts them, so the sets differ)."""
+    def listed(names):
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    only_train = sorted(set(train_classes) - set(val_classes))
+    only_val = sorted(set(val_classes) - set(train_classes))
+    parts = ([f"only in train/: {listed(only_train)}"] if only_train else []) + \
+            ([f"only in val/: {listed(only_val)}"] if only_val else [])
+    return "; ".join(parts) + "; add or rename folders so both splits list the same classes"
+
+
 def _folder_datasets(cfg):
     from torchvision import transforms as T
 
@@ -156,8 +168,8 @@ def _folder_datasets(cfg):
     train = _image_folder(root / "train", train_tf)
     val = _image_folder(root / "val", val_tf)
     if train.classes != val.classes:
-        raise TrainError(f"train/ and val/ under {root} have different class folders "
-                         f"({len(train.classes)} vs {len(val.classes)}); they must match")
+        raise TrainError(f"{root / 'train'} and {root / 'val'} must hold the same class folders: "
+                         f"{_class_difference(train.classes, val.classes)}")
     return train, val, len(train.classes)
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import math
 import os
 import random
@@ -65,15 +66,30 @@ import torch.nn as nn
 import yaml
 
 from .agc import clip_gradients_, parameters_except_classifier
-from .config import TrainError, describe_keys, load_config, parse_cli_overrides, run_dir_of
+from .config import (CorruptCheckpointError, TrainError, checkpoint_damage, checkpoint_load_error,
+                     describe_keys, load_config, parse_cli_overrides, run_dir_of)
 from .data import build_datasets, make_loader
-from .losses import Objective, SmallTeacherCNN, _torch_load, find_checkpoint, load_teacher
+from .losses import Objective, SmallTeacherCNN, find_checkpoint, load_teacher
 
 __all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
-           "model_from_checkpoint", "SUMMARY_COLUMNS", "TrainError", "Trainer"]
+           "model_from_checkpoint", "read_checkpoint", "SUMMARY_COLUMNS", "RESUME_ADJUSTABLE",
+           "TrainError", "Trainer"]
 
 SUMMARY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
                    "val_top1", "val_top5", "images_per_s", "agc_clip_share", "elapsed_s"]
+#: resume_changes.csv: one row per setting a resume changed (see RESUME_ADJUSTABLE)
+RESUME_CHANGE_COLUMNS = ["step", "epoch", "batch", "key", "before", "after"]
+
+#: settings that change how a run is driven, logged or named, not what it computes
+_DRIVING_KEYS = ("resume", "overwrite", "resume_from", "progress", "log_every", "threads", "run_dir",
+                 "output_dir", "name")
+#: the settings ``--resume`` may change: applied from the resumed position on and recorded
+RESUME_ADJUSTABLE = ("epochs", "lr")
+#: settings free on resume: where and how the run executes, not what the checkpoint means
+_RESUME_FREE = _DRIVING_KEYS + (
+    "step", "device", "workers", "pin_memory", "data_dir", "download", "compile", "channels_last",
+    "deterministic", "eval_batch_size", "tensorboard", "track_stats", "stats_every",
+    "step1_checkpoint", "teacher_checkpoint")
 
 
 # --------------------------------------------------------------------------- models
@@ -142,12 +158,28 @@ def load_trained(path: str | Path, step: int | None = None, which: str = "best",
         load_trained(run_dir, step=1, binary_weights=True)
     """
     prefer = ("step2", "step1") if step is None else (f"step{int(step)}",)
-    ckpt_path = find_checkpoint(path, prefer, which)
-    ckpt = _torch_load(ckpt_path)
+    return model_from_checkpoint(read_checkpoint(find_checkpoint(path, prefer, which)), binary_weights)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """An engine checkpoint, loaded on the CPU with ``weights_only=True``.
+
+    One-line :class:`TrainError` otherwise: a truncated or damaged file (also one whose
+    bytes fail the zip CRC, which ``torch.load`` alone would load) is a
+    :class:`~bnn_helpers.config.CorruptCheckpointError`; a file refused for holding
+    more than tensors names the blocked global.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise checkpoint_load_error(path, exc) from None
+    damage = checkpoint_damage(path)
+    if damage:
+        raise CorruptCheckpointError(f"{path} is corrupt (truncated or damaged: {damage})")
     if not (isinstance(ckpt, dict) and {"model", "config", "num_classes"} <= ckpt.keys()):
-        raise TrainError(f"{ckpt_path} is not a checkpoint of the bnn_helpers engine; load a plain "
+        raise TrainError(f"{path} is not a checkpoint of the bnn_helpers engine; load a plain "
                          "state_dict with create_model(...).load_state_dict(...) instead")
-    return model_from_checkpoint(ckpt, binary_weights)
+    return ckpt
 
 
 # --------------------------------------------------------------------------- process setup
@@ -215,11 +247,92 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _temporary_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested checkpoint (about its size on disk)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_error(path: Path, exc: BaseException, needed: int, advice: str) -> TrainError:
+    """One line naming the path and the cause of a failed write (disk full, read-only, ...)."""
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:  # torch's zip writer wraps the OSError it met
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    os_error = next((e for e in chain if isinstance(e, OSError)), None)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if os_error is not None:
+        cause = os_error.strerror or str(os_error)
+    elif free is not None and free < needed:  # torch.save to a path reports only "unexpected pos"
+        cause = os.strerror(errno.ENOSPC)
+    else:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    space = (f" ({needed / 2**20:.1f} MiB to write, {free / 2**20:.1f} MiB free there)"
+             if free is not None and needed else "")
+    return TrainError(f"cannot write {path}: {cause}{space}; {advice}")
+
+
+def _write_atomically(path: Path, write, needed: int = 0, advice: str = "nothing was replaced") -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A crash never leaves a torn ``path``; on any failure the temporary file is removed
+    and ``path`` keeps its previous content; a write error becomes one line.
+    """
+    tmp = _temporary_of(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise _write_error(path, exc, needed, advice) from None
+        raise
+
+
+def atomic_save(obj, path: Path, advice: str = "nothing was replaced") -> None:
+    """torch.save to a temporary file, synced, then renamed over ``path``.
+
+    A crash never leaves a torn file; a failed save (disk full, ...) removes the
+    temporary file, keeps the previous ``path`` and raises one-line :class:`TrainError`.
+    """
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: torch then surfaces the OSError (ENOSPC ...)
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
+
+    _write_atomically(path, write, _tensor_bytes(obj), advice)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _summary_key(row: dict) -> tuple[int, int] | None:
+    """(step, epoch) of a summary.csv row; None for a torn row."""
+    try:
+        return int(row["step"]), int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _plain(value):
@@ -295,6 +408,10 @@ class Trainer:
         self.stop_agreed = 0
         self.interrupted = None
         self.steps = steps_of(cfg)
+        self.resume_plan = None      # what --resume continues from, read before the run dir is touched
+        self.last_good = {}          # step -> (checkpoint path, epoch, batch) known to be finite
+        self.created_run_dir = False
+        self.step1_weights = None    # (state_dict, where) for a step-2-only run
         # Checking the loss (and, with several processes, agreeing on a stop) syncs with the
         # device: on accelerators only every log_every batches, so the GPU queue never drains.
         self.check_every = 1 if self.device_kind == "cpu" else cfg["log_every"]
@@ -330,50 +447,252 @@ class Trainer:
         return x, y.to(self.device, non_blocking=True)
 
     # ---------------------------------------------------------------- preparation
-    def prepare_run_dir(self):
+    def _started_steps(self) -> list[int]:
+        """Steps of this run that already hold a checkpoint (last or best)."""
+        return [s for s in self.steps
+                if self._ckpt(s, "last").exists() or self._ckpt(s, "best").exists()]
+
+    def _next_move(self) -> str:
+        """How to go on after a failure: resume when this run holds checkpoints, else rerun."""
+        if self._started_steps():
+            return "continue with --resume; the earlier checkpoints are intact"
+        return "rerun"
+
+    def preflight(self):
+        """Every check that needs no training, before the run directory is touched: the run
+        may start here, a resumed checkpoint is intact and fits the settings, step 2 has
+        step 1's weights, and the network takes these images at this batch size."""
         cfg = self.cfg
-        existing = [s for s in self.steps if self._ckpt(s, "last").exists()]
-        if existing and not cfg["resume"] and not cfg["overwrite"]:
-            raise TrainError(f"{self.run_dir} already holds step {existing[0]} checkpoints; pass "
+        started = self._started_steps()
+        if started and not cfg["resume"] and not cfg["overwrite"]:
+            raise TrainError(f"{self.run_dir} already holds step {started[0]} checkpoints; pass "
                              "--resume to continue, --overwrite to start again, or another --name")
-        if cfg["resume"] and not existing:
+        if cfg["resume"]:
+            self._plan_resume()
+        resumes_step2 = self.resume_plan is not None and self.resume_plan["step"] == 2
+        if self.steps == [2] and not resumes_step2:
+            self.step1_weights = self._step1_weights()
+        self._check_input_fits()
+
+    def _step1_weights(self) -> tuple[dict, str]:
+        """(state_dict, where) of the step-1 network a separate step-2 run starts from."""
+        cfg = self.cfg
+        wanted = Path(cfg["step1_checkpoint"] or self.run_dir / "step1" / "best.pth")
+        if not (wanted.is_file() or (wanted / "step1" / "best.pth").is_file()):
+            raise TrainError(f"step 2 needs step 1's weights: {wanted} not found; run step 1 "
+                             "first or pass --step1-checkpoint PATH")
+        source = find_checkpoint(wanted, prefer=("step1",))
+        ckpt = read_checkpoint(source)
+        self._check_classes(ckpt, source)
+        return ckpt["model"], str(source)
+
+    def _check_input_fits(self):
+        """The network takes the data's image size, and BatchNorm never sees a single value."""
+        from .models import BinaryNet  # lazily: the registry imports timm's model zoo
+
+        cfg = self.cfg
+        if cfg["model"].startswith("timm:"):
+            return  # arbitrary timm networks: their own errors at the first batch
+        folder = cfg["dataset"] in ("imagenet", "folder")
+        size = cfg["image_size"] if folder else 32
+        what = f"--image-size {size}" if folder else f"{cfg['dataset']} images ({size} px)"
+        local_batch = cfg["batch_size"] // self.world
+        with torch.device("meta"):  # shapes only: no memory, no weights initialised
+            model = build_model(cfg, binary_weights=(self.steps[0] == 2), num_classes=self.num_classes)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if isinstance(model, BinaryNet):
+            try:
+                model.check_input_size(size)
+            except ValueError as exc:
+                raise TrainError(f"{what} does not fit {cfg['model']}: {exc}") from None
+            single_value = min(model.feature_map_sizes(size)) == 1 and local_batch == 1
+        else:  # float_cnn: a shape-only forward on the meta device
+            try:
+                model.train()(torch.empty(min(local_batch, 2), 3, size, size, device="meta"))
+                single_value = False
+            except ValueError as exc:
+                single_value = "more than 1 value per channel" in str(exc)
+                if not single_value:
+                    raise
+            except RuntimeError as exc:
+                raise TrainError(f"{what} does not fit {cfg['model']} "
+                                 f"({str(exc).splitlines()[0]}); use larger images") from None
+        if has_bn and single_value:
+            raise TrainError(
+                f"{cfg['model']} has BatchNorm layers that see a 1x1 map at {size} px, so a batch of 1 "
+                f"per process gives each a single value to normalise; use --batch-size {2 * self.world} "
+                f"or more (batch_size is global, over {self.world} process(es)), or larger images")
+
+    def _plan_resume(self):
+        """Read and check the checkpoint ``--resume`` continues from; writes nothing.
+
+        The checkpoint of the latest started step is loaded (earlier steps are finished),
+        must be intact, of this dataset, and trained with the requested settings up to
+        :data:`RESUME_ADJUSTABLE` and the run-only settings.
+        """
+        cfg = self.cfg
+        started = self._started_steps()
+        if not started:
             raise TrainError(f"--resume: no step{self.steps[0]}/last.pth under {self.run_dir}; "
                              "run without --resume to start")
+        step, which = started[-1], cfg["resume_from"]
+        path = self._ckpt(step, which)
+        try:
+            if not path.exists():
+                raise TrainError(f"--resume: {path} does not exist")
+            ckpt = read_checkpoint(path)
+        except TrainError as exc:
+            raise TrainError(f"{exc}; {self._fallback_hint(step, which)}") from None
+        self._check_classes(ckpt, path)
+        saved, current = ckpt["config"], _plain(self.cfg)
+        changed = [k for k in current
+                   if k in saved and k not in _RESUME_FREE and saved[k] != current[k]]
+        refused = [k for k in changed if k not in RESUME_ADJUSTABLE]
+        if refused:
+            was = ", ".join(f"{k} {saved[k]!r}" for k in refused[:3])
+            now = ", ".join(f"{k} {current[k]!r}" for k in refused[:3])
+            raise TrainError(f"--resume: {path} was trained with {was}, not {now}; a resume may change "
+                             f"only {' and '.join(RESUME_ADJUSTABLE)}: drop the other changes, or start "
+                             "afresh with --overwrite or another --name")
+        if cfg["epochs"] < ckpt["epoch"] or (cfg["epochs"] == ckpt["epoch"] and ckpt["batch_in_epoch"]):
+            raise TrainError(f"--resume: {path} is already past epoch {cfg['epochs']} of step {step}; "
+                             f"--epochs must be at least {ckpt['epoch'] + 1}")
+        self.resume_plan = {"step": step, "path": path, "ckpt": ckpt, "epoch": ckpt["epoch"],
+                            "changes": {k: (saved[k], current[k]) for k in changed}}
+
+    def _fallback_hint(self, step: int, which: str) -> str:
+        """The next-best intact checkpoint of a step, as the option that resumes from it."""
+        other = "best" if which == "last" else "last"
+        path = self._ckpt(step, other)
+        try:
+            ckpt = read_checkpoint(path) if path.exists() else None
+        except TrainError:
+            ckpt = None
+        if ckpt is None:
+            return (f"no intact step{step} checkpoint remains; start step {step} again with "
+                    "--overwrite (or another --name)")
+        return (f"continue from the intact {path} (epoch {ckpt['epoch']}) with --resume --resume-from "
+                f"{other}; nothing is deleted (the old {which}.pth is kept as {which}.pth.old)")
+
+    def prepare_run_dir(self):
+        """Create or update the run directory (after :meth:`preflight` found nothing wrong).
+
+        A resume changes nothing here: its record (config.yaml, resume_changes.csv, the
+        summary rows it replaces) is written with its first checkpoint, so a resume that
+        fails or finds the run finished leaves the run directory as it was.
+        """
+        cfg = self.cfg
         if self.is_main:
+            self.created_run_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if cfg["overwrite"] and not cfg["resume"]:
-                for s in self.steps:
-                    shutil.rmtree(self.run_dir / f"step{s}", ignore_errors=True)
-                self._trim_summary(keep=lambda row: int(row["step"]) not in self.steps)
-                if self.steps[0] == 1:
-                    (self.run_dir / "stats.csv").unlink(missing_ok=True)
-            saved = {k: v for k, v in cfg.items() if k not in ("resume", "overwrite")}
-            tmp = self.run_dir / ".config.yaml.tmp"
-            tmp.write_text(yaml.safe_dump(_plain(saved), sort_keys=False))
-            os.replace(tmp, self.run_dir / "config.yaml")
+            self._remove_stale_temporaries()
+            if not cfg["resume"]:
+                if cfg["overwrite"]:
+                    for s in self.steps:
+                        shutil.rmtree(self.run_dir / f"step{s}", ignore_errors=True)
+                    if self.steps[0] == 1:
+                        (self.run_dir / "stats.csv").unlink(missing_ok=True)
+                # Rows of these steps without checkpoints are left by a failed run: drop them.
+                self._trim_summary(keep=lambda row: _summary_key(row)[0] not in self.steps)
+                steps = {str(s) for s in self.steps}
+                self._trim_csv(self.run_dir / "resume_changes.csv", RESUME_CHANGE_COLUMNS,
+                               lambda row: row.get("step") not in steps)
+                self._write_config()
         self._barrier()
 
-    def _trim_summary(self, keep):
-        path = self.run_dir / "summary.csv"
+    def _write_config(self):
+        saved = {k: v for k, v in self.cfg.items() if k not in ("resume", "overwrite", "resume_from")}
+        text = yaml.safe_dump(_plain(saved), sort_keys=False)
+        _write_atomically(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(text),
+                          advice=f"free space and {self._next_move()}")
+
+    def _commit_resume(self):
+        """Main process, before the resumed run writes its first row or checkpoint: drop the rows
+        it replaces, keep a replaced last.pth as last.pth.old, write config.yaml, and record
+        the settings it changed in resume_changes.csv. Once per run."""
+        plan = self.resume_plan
+        if plan is None or plan.get("committed") or not self.is_main:
+            return
+        plan["committed"] = True
+        step, epoch = plan["step"], plan["epoch"]
+        self._trim_summary(lambda r: _summary_key(r)[0] < step
+                           or (_summary_key(r)[0] == step and _summary_key(r)[1] <= epoch))
+        last = self._ckpt(step, "last")
+        if plan["path"] != last and last.exists():
+            os.replace(last, last.with_name("last.pth.old"))  # kept, not lost
+        self._write_config()
+        if plan["changes"]:
+            at_step, at_epoch, at_batch = plan["start"]
+            rows = [{"step": at_step, "epoch": at_epoch, "batch": at_batch, "key": key,
+                     "before": before, "after": after}
+                    for key, (before, after) in plan["changes"].items()]
+            path = self.run_dir / "resume_changes.csv"
+            size = path.stat().st_size if path.exists() else 0
+            try:
+                with open(path, "a", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=RESUME_CHANGE_COLUMNS)
+                    if size == 0:
+                        writer.writeheader()
+                    writer.writerows(rows)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.truncate(path, size)
+                raise _write_error(path, exc, 0, f"free space and {self._next_move()}") from None
+
+    def _remove_stale_temporaries(self):
+        """Temporary files of saves that a killed process (SIGKILL, power loss) left behind."""
+        for tmp in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob("step*/.*.tmp*")]:
+            pid = tmp.name.rsplit(".tmp", 1)[-1]
+            if not (pid.isdigit() and (int(pid) == os.getpid() or _process_alive(int(pid)))):
+                tmp.unlink(missing_ok=True)
+
+    def _remove_if_only_config(self):
+        """A run that failed before saving anything leaves no run directory behind."""
+        files = [f for f in self.run_dir.rglob("*") if not f.is_dir()]
+        if self.created_run_dir and [f.name for f in files] == ["config.yaml"]:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _trim_csv(self, path: Path, columns, keep):
         if not path.exists():
             return
         with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if keep(r)]
-        tmp = path.with_name(".summary.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
 
-    def _append_summary(self, row: dict):
-        path = self.run_dir / "summary.csv"
-        new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-            if new:
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
                 writer.writeheader()
-            writer.writerow(row)
+                writer.writerows(rows)
+
+        _write_atomically(path, write, advice=f"free space and {self._next_move()}")
+
+    def _trim_summary(self, keep):
+        self._trim_csv(self.run_dir / "summary.csv", SUMMARY_COLUMNS,
+                       lambda row: _summary_key(row) is not None and keep(row))
+
+    def _take_back_rows(self, size: int):
+        """Cut summary.csv back to ``size`` bytes (removed when that leaves it empty)."""
+        path = self.run_dir / "summary.csv"
+        with contextlib.suppress(OSError):
+            if size:
+                os.truncate(path, size)  # needs no free space, unlike a rewrite
+            else:
+                path.unlink()
+
+    def _append_summary(self, row: dict) -> int:
+        """Append one epoch's row; returns the file's previous size (to take the row back)."""
+        path = self.run_dir / "summary.csv"
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with open(path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+                if size == 0:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as exc:
+            self._take_back_rows(size)  # no torn row
+            raise _write_error(path, exc, 0, f"free space and {self._next_move()}") from None
+        return size
 
     def prepare_data(self):
         train, val, self.num_classes = build_datasets(self.cfg)
@@ -437,35 +756,39 @@ class Trainer:
         state = {"epoch": 0, "batch": 0, "best_top1": -1.0, "elapsed": 0.0, "partial": None}
         best_state = None
 
-        last = self._ckpt(step, "last")
-        if cfg["resume"] and last.exists():
-            ckpt = _torch_load(last)
-            self._check_classes(ckpt, last)
-            self._load_model_state(model, ckpt["model"], str(last))
+        plan = self.resume_plan
+        if plan is not None and step < plan["step"]:
+            return None  # finished before the resumed step began; that step needs no weights from it
+        if plan is not None and step == plan["step"]:
+            ckpt, source = plan["ckpt"], plan["path"]
+            plan["ckpt"] = None  # the step holds what it needs; free the copy
+            self._load_model_state(model, ckpt["model"], str(source))
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
+            if plan["changes"]:  # lr and epochs as now requested, from the resumed position on
+                scheduler.base_lrs = [cfg["lr"]] * len(optimizer.param_groups)
+                for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+                    group["initial_lr"] = cfg["lr"]
+                    group["lr"] = cfg["lr"] * factor(scheduler.last_epoch)
             state.update(epoch=ckpt["epoch"], batch=ckpt["batch_in_epoch"], best_top1=ckpt["best_top1"],
                          elapsed=ckpt["elapsed_s"], partial=ckpt.get("partial"))
-            if self.is_main:  # drop rows written after this checkpoint (a crash in between)
-                self._trim_summary(lambda r: int(r["step"]) != step or int(r["epoch"]) <= state["epoch"])
+            self.last_good[step] = (source, state["epoch"], state["batch"])
+            plan["start"] = (step, state["epoch"], state["batch"])
             set_rng_state(ckpt["rng"])
             if state["epoch"] >= cfg["epochs"] and not state["batch"]:
                 best = self._ckpt(step, "best")
-                return _torch_load(best)["model"] if best.exists() else ckpt["model"]
-            self._log(f"[step {step}] resuming from {last} (epoch {state['epoch']}"
-                      + (f", batch {state['batch']})" if state["batch"] else ")"))
+                return read_checkpoint(best)["model"] if best.exists() else ckpt["model"]
+            changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in plan["changes"].items())
+            self._log(f"[step {step}] resuming from {source} (epoch {state['epoch']}"
+                      + (f", batch {state['batch']}" if state["batch"] else "")
+                      + (f"; {changes}, recorded in resume_changes.csv)" if changes else ")"))
         elif step == 2:
+            if plan is not None:
+                plan.setdefault("start", (step, 0, 0))  # resumed run: its changes start here
             if init_state is None:
-                wanted = Path(cfg["step1_checkpoint"] or self.run_dir / "step1" / "best.pth")
-                if not (wanted.is_file() or (wanted / "step1" / "best.pth").is_file()):
-                    raise TrainError(f"step 2 needs step 1's weights: {wanted} not found; run step 1 "
-                                     "first or pass --step1-checkpoint PATH")
-                source = find_checkpoint(wanted, prefer=("step1",))
-                ckpt = _torch_load(source)
-                self._check_classes(ckpt, source)
-                init_state, where = ckpt["model"], str(source)
+                init_state, where = self.step1_weights
             else:
                 where = "step 1's best weights"
             self._load_model_state(model, init_state, where)
@@ -498,6 +821,10 @@ class Trainer:
                 train = self._train_epoch(step, epoch, model, train_model, optimizer, scaler,
                                           agc_params, recorder, progress, state, scheduler)
                 val = self.evaluate(model)
+                if not self._weights_finite(model) or not math.isfinite(val["loss"]):
+                    what = (f"weights became non-finite (validation loss {val['loss']:.4g})"
+                            if not self._weights_finite(model) else f"validation loss is {val['loss']}")
+                    raise TrainError(self._divergence_message(step, epoch, None, what))
                 state["elapsed"] += train["time"] + val["time"]
                 row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train["loss"],
                        "train_top1": train["top1"], "train_top5": train["top5"],
@@ -510,8 +837,13 @@ class Trainer:
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 state.update(epoch=epoch, batch=0, partial=None)
                 if self.is_main:
-                    self._append_summary(row)
-                    self._save(step, model, optimizer, scheduler, scaler, state, is_best)
+                    self._commit_resume()
+                    summary_size = self._append_summary(row)
+                    try:
+                        self._save(step, model, optimizer, scheduler, scaler, state, is_best)
+                    except BaseException:  # no row for an epoch without its checkpoint
+                        self._take_back_rows(summary_size)
+                        raise
                     if tb is not None:
                         for key in SUMMARY_COLUMNS[2:]:
                             tb.add_scalar(f"step{step}/{key}", row[key], epoch)
@@ -529,7 +861,7 @@ class Trainer:
             if tb is not None:
                 tb.close()
         if best_state is None:  # resumed after the best epoch: read it back
-            best_state = _torch_load(self._ckpt(step, "best"))["model"]
+            best_state = read_checkpoint(self._ckpt(step, "best"))["model"]
         return best_state
 
     def _train_epoch(self, step, epoch, model, train_model, optimizer, scaler, agc_params, recorder,
@@ -598,10 +930,7 @@ class Trainer:
             elif self.world > 1:
                 flags[0] = 0.0  # a signal waits for the next agreed batch (no per-batch sync)
             if flags[1]:
-                good = self._ckpt(step, "last")
-                raise TrainError(f"loss became non-finite in step {step}, epoch {epoch}, batch {done}; "
-                                 f"stopped. Last good checkpoint: {good if good.exists() else 'none'}; "
-                                 "lower --lr or enable --agc")
+                raise TrainError(self._divergence_message(step, epoch, done, "loss became non-finite"))
             if flags[0]:
                 self.stop_agreed = int(flags[0])
                 if done < batches:  # mid-epoch: save the position; the epoch end saves itself
@@ -642,7 +971,31 @@ class Trainer:
         return {"loss": loss_sum / n, "top1": 100 * hit1 / n, "top5": 100 * hit5 / n,
                 "time": time.perf_counter() - t0}
 
+    def _weights_finite(self, model: nn.Module) -> bool:
+        floats = [t for t in model.state_dict().values() if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in floats]).all())  # one device sync
+
+    def _divergence_message(self, step: int, epoch: int, batch: int | None, what: str) -> str:
+        """One line: what diverged where, the last checkpoint known finite, how to go on."""
+        good = self.last_good.get(step)
+        if good is not None:
+            path, good_epoch, good_batch = good
+            where = f"{path} (epoch {good_epoch}" + (f", batch {good_batch})" if good_batch else ")")
+        else:
+            where = f"none of step {step} yet"
+        started = bool(self._started_steps())
+        hint = "continue with --resume and a lower --lr" if started else "rerun with a lower --lr"
+        if not self.cfg["agc"]:
+            hint += ", or start again with --agc true" + (" --overwrite" if started else "")
+        at = f"step {step}, epoch {epoch}" + (f", batch {batch}" if batch else " (its end)")
+        return f"{what} in {at}; stopped, nothing of it saved. Last good checkpoint: {where}; {hint}"
+
     def _save(self, step, model, optimizer, scheduler, scaler, state, is_best):
+        if not self._weights_finite(model):  # never let a diverged state replace a good checkpoint
+            epoch = state["epoch"] + (1 if state["batch"] else 0)
+            raise TrainError(self._divergence_message(step, epoch, state["batch"] or None,
+                                                      "weights became non-finite"))
+        self._commit_resume()
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -652,9 +1005,11 @@ class Trainer:
                 "num_classes": self.num_classes, "config": _plain(self.cfg)}
         folder = self.run_dir / f"step{step}"
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_save(ckpt, folder / "last.pth")
+        advice = f"free space (or fix {folder}) and {self._next_move()}"
+        atomic_save(ckpt, folder / "last.pth", advice)
+        self.last_good[step] = (folder / "last.pth", state["epoch"], state["batch"])
         if is_best:
-            atomic_save(ckpt, folder / "best.pth")
+            atomic_save(ckpt, folder / "best.pth", advice)
 
     def _tensorboard(self):
         if not (self.cfg["tensorboard"] and self.is_main):
@@ -673,10 +1028,16 @@ class Trainer:
     # ---------------------------------------------------------------- all steps
     def fit(self):
         self.prepare_data()
+        self.preflight()
         self.prepare_run_dir()
-        best = None
-        for step in self.steps:
-            best = self.fit_step(step, best)
+        try:
+            best = None
+            for step in self.steps:
+                best = self.fit_step(step, best)
+        except BaseException:
+            if self.is_main:
+                self._remove_if_only_config()
+            raise
         return self.run_dir
 
 
@@ -746,21 +1107,22 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
     return trainer.run_dir
 
 
-#: settings that change how a run is driven, logged or named, not what it computes
-_DRIVING_KEYS = ("resume", "overwrite", "progress", "log_every", "threads", "run_dir", "output_dir", "name")
-
-
 def finished_run(run_dir: str | Path, cfg: dict) -> bool:
     """Whether ``run_dir`` holds a complete run of the resolved config ``cfg``.
 
     Complete: the saved ``config.yaml`` equals ``cfg`` up to :data:`_DRIVING_KEYS`,
-    ``summary.csv`` has every epoch of every step, and the last step has ``best.pth``.
+    ``summary.csv`` has every epoch of every step, the last step has ``best.pth``, and
+    no resume changed a setting of these steps (``resume_changes.csv``) on the way.
     """
     run_dir = Path(run_dir)
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         with open(run_dir / "summary.csv", newline="") as f:
             rows = list(csv.DictReader(f))
+        changes = []
+        if (run_dir / "resume_changes.csv").exists():
+            with open(run_dir / "resume_changes.csv", newline="") as f:
+                changes = list(csv.DictReader(f))
     except (OSError, yaml.YAMLError):
         return False
     wanted = {k: v for k, v in _plain(cfg).items() if k not in _DRIVING_KEYS}
@@ -769,7 +1131,8 @@ def finished_run(run_dir: str | Path, cfg: dict) -> bool:
     steps = steps_of(cfg)
     epochs = {(int(r["step"]), int(r["epoch"])) for r in rows if r.get("step") and r.get("epoch")}
     complete = epochs == {(s, e) for s in steps for e in range(1, cfg["epochs"] + 1)}
-    return same and complete and (run_dir / f"step{steps[-1]}" / "best.pth").is_file()
+    as_configured = not any(row.get("step") in {str(s) for s in steps} for row in changes)
+    return same and complete and as_configured and (run_dir / f"step{steps[-1]}" / "best.pth").is_file()
 
 
 def run_or_load(config=None, overrides=None, **kwargs) -> Path:
@@ -819,6 +1182,11 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = run(config, rest)
     except TrainError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:  # the machine, not the code: full or read-only disk, missing folder
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot access{where}: {exc.strerror or exc}; fix that and rerun (add --resume "
+              "to continue a run that saved checkpoints)", file=sys.stderr, flush=True)
         return 2
     interrupted = getattr(run.last_trainer, "interrupted", None)
     if run.last_trainer.is_main:

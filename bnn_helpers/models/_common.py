@@ -15,6 +15,17 @@ def check_choice(what: str, value, choices) -> None:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(map(str, choices))}")
 
 
+def _output_side(module: nn.Module, side: int) -> int:
+    """Output side of a square map through a Conv2d / MaxPool2d / AvgPool2d (PyTorch's formula)."""
+    pair = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731 (square maps only)
+    kernel, stride, padding = pair(module.kernel_size), pair(module.stride), pair(module.padding)
+    dilation = pair(getattr(module, "dilation", 1))
+    return (side + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+_SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
 def round_channels(channels: float, divisor: int = 8) -> int:
     """Round to the nearest multiple of ``divisor`` (at least ``divisor``)."""
     return max(divisor, int(channels + divisor / 2) // divisor * divisor)
@@ -90,6 +101,60 @@ class BinaryNet(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.head.fc
+
+    def feature_map_sizes(self, size: int) -> list[int]:
+        """Side of the square feature map after the stem and after every block, for
+        ``size`` x ``size`` input images; ``ValueError`` saying why when they do not fit.
+
+        A stride-2 block halves its input on two paths at once (a strided 3x3 conv and a
+        2x2 average-pool shortcut), which agree only on even sides: on an odd side they
+        differ by a pixel, an error, or a silent broadcast when one of them is 1x1.
+        """
+        side = size
+        for module in self.stem.modules():
+            if isinstance(module, _SPATIAL):
+                side = _output_side(module, side)
+        name = type(self).__name__
+        if side < 1:
+            raise ValueError(f"{name} cannot take {size}x{size} images: the stem leaves no pixels")
+        sides = [side]
+        for i, block in enumerate(self.blocks):
+            halved = {_output_side(m, side) for m in block.modules()
+                      if isinstance(m, _SPATIAL) and _output_side(m, 1 << 20) < 1 << 20}
+            if halved and min(halved) < 1:
+                raise ValueError(f"{name} cannot take {size}x{size} images: blocks[{i}] gets a "
+                                 f"{side}x{side} map, too small to stride")
+            if len(halved) > 1:
+                raise ValueError(f"{name} cannot take {size}x{size} images: blocks[{i}] gets an odd "
+                                 f"{side}x{side} map, which its conv and pooling shortcut halve "
+                                 f"differently ({' vs '.join(map(str, sorted(halved)))})")
+            side = halved.pop() if halved else side
+            sides.append(side)
+        return sides
+
+    def fits_input_size(self, size: int) -> bool:
+        try:
+            self.feature_map_sizes(size)
+        except ValueError:
+            return False
+        return True
+
+    def min_input_size(self) -> int:
+        """The smallest side of square images the network takes (e.g. 31 for ReActNet-A)."""
+        return next(n for n in range(1, 1 << 16) if self.fits_input_size(n))
+
+    def check_input_size(self, size: int) -> None:
+        """``ValueError`` naming the minimum and the nearest sizes that fit, unless ``size`` fits."""
+        try:
+            self.feature_map_sizes(size)
+        except ValueError as exc:
+            smallest = self.min_input_size()
+            below = next((n for n in range(size - 1, smallest - 1, -1) if self.fits_input_size(n)), None)
+            above = next(n for n in range(max(size, smallest), 1 << 16) if self.fits_input_size(n))
+            near = [str(n) for n in (below, above) if n is not None]
+            raise ValueError(f"{exc}; its smallest input is {smallest} px, the nearest "
+                             f"{'sizes that fit are' if len(near) > 1 else 'size that fits is'} "
+                             f"{' and '.join(near)}") from None
 
     def _check_input(self, x):
         if x.dim() != 4 or x.shape[1] != self.in_chans:
