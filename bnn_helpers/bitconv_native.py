@@ -266,6 +266,15 @@ def use_native():
     return _override("on")
 
 
+def _caller_stacklevel() -> int:
+    """Stack level of the first frame outside bnn_helpers and torch (the user's call)."""
+    skip = (os.path.dirname(__file__), os.path.dirname(torch.__file__))
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        level, frame = level + 1, frame.f_back
+    return level if frame is not None else 2
+
+
 def _lib_for(x: torch.Tensor, dtype=torch.float32):
     """The library to run ``x`` natively, or None (reference)."""
     m = mode()
@@ -283,7 +292,8 @@ def _lib_for(x: torch.Tensor, dtype=torch.float32):
             _state["noticed"] = True
             warnings.warn(f"bnn_helpers: native 1-bit kernel unavailable ({_state['error']}); "
                           f"packed models run the pure-PyTorch reference instead (same results, "
-                          f"slower). Set {ENV}=0 to silence.", NativeKernelWarning, stacklevel=4)
+                          f"slower). Set {ENV}=0 to silence.", NativeKernelWarning,
+                          stacklevel=_caller_stacklevel())
     return lib
 
 
