@@ -1,0 +1,83 @@
+"""Reference runs shipped with the repository, as tidy tables.
+
+Long runs take too long to repeat in a notebook, so their logs are committed
+under ``results/<set>/<run>/`` (``config.yaml``, ``summary.csv`` and, when the
+run tracked them, ``stats.csv``; no weights). Each set's ``README.md`` gives
+the one command that regenerates it (``make reference-runs``)::
+
+    from bnn_helpers.results import load_reference_runs
+    curves = load_reference_runs("digits_20ep")            # one row per (run, step, epoch)
+    stats = load_reference_runs("digits_20ep", "stats")    # one row per recorded stat
+    best = best_per_step(curves)                            # best/last val top-1 per run and step
+
+Columns added to the engine's own: ``run`` (folder name), ``mode`` (the
+network's normalization mode, from its config), ``seed``.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .paths import repo_root
+
+__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "collect_run"]
+
+# Sets the repository ships, and the file every run of the set must have.
+REFERENCE_SETS = {"digits_20ep": "summary.csv"}
+TABLES = ("summary", "stats")
+
+
+def results_dir() -> Path:
+    return repo_root(Path(__file__).parent) / "results"
+
+
+def load_reference_runs(name: str = "digits_20ep", table: str = "summary") -> pd.DataFrame:
+    """Every run of the reference set ``name`` as one DataFrame (``table``: summary or stats)."""
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
+    folder = results_dir() / name
+    runs = sorted(p for p in folder.glob("*/") if (p / "summary.csv").is_file())
+    if not runs:
+        raise FileNotFoundError(f"no reference runs under {folder}; regenerate them with "
+                                f"`make reference-runs` (see {folder / 'README.md'})")
+    frames = []
+    for run in runs:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        path = run / f"{table}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; the run was not made with --track-stats true")
+        frame = pd.read_csv(path)
+        frame.insert(0, "seed", config["seed"])
+        frame.insert(0, "mode", config["model"].rsplit("_", 1)[-1])
+        frame.insert(0, "run", run.name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def best_per_step(summary: pd.DataFrame) -> pd.DataFrame:
+    """Best and last-epoch val top-1 of every run and step (columns best, last)."""
+    ordered = summary.sort_values(["run", "step", "epoch"])
+    grouped = ordered.groupby(["mode", "seed", "step"])["val_top1"]
+    return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
+
+
+def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep") -> Path:
+    """Copy a finished run's logs (not its weights) into ``results/<set_name>/<name>/``."""
+    run_dir = Path(run_dir)
+    target = results_dir() / set_name / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ("config.yaml", "summary.csv", "stats.csv"):
+        if (run_dir / file).is_file():
+            shutil.copy2(run_dir / file, target / file)
+    return target
+
+
+if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
+    print(collect_run(*sys.argv[1:]))
