@@ -571,15 +571,16 @@ class Trainer:
         if ckpt is None:
             return (f"no intact step{step} checkpoint remains; start step {step} again with "
                     "--overwrite (or another --name)")
+        kept = "; nothing is deleted (the damaged last.pth is kept as last.pth.old)" if other == "best" else ""
         return (f"continue from the intact {path} (epoch {ckpt['epoch']}) with --resume --resume-from "
-                f"{other}; nothing is deleted (the old {which}.pth is kept as {which}.pth.old)")
+                f"{other}{kept}")
 
     def prepare_run_dir(self):
         """Create or update the run directory (after :meth:`preflight` found nothing wrong).
 
-        A resume changes nothing here: its record (config.yaml, resume_changes.csv, the
-        summary rows it replaces) is written with its first checkpoint, so a resume that
-        fails or finds the run finished leaves the run directory as it was.
+        A resume changes nothing here: the summary rows it replaces go with its first
+        write, config.yaml and resume_changes.csv follow its first checkpoint, so a resume
+        that fails early or finds the run finished leaves the run directory as it was.
         """
         cfg = self.cfg
         if self.is_main:
@@ -606,20 +607,33 @@ class Trainer:
         _write_atomically(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(text),
                           advice=f"free space and {self._next_move()}")
 
-    def _commit_resume(self):
+    def _before_resumed_writes(self):
         """Main process, before the resumed run writes its first row or checkpoint: drop the rows
-        it replaces, keep a replaced last.pth as last.pth.old, write config.yaml, and record
-        the settings it changed in resume_changes.csv. Once per run."""
+        it replaces and keep a replaced last.pth as last.pth.old. Once per run."""
         plan = self.resume_plan
-        if plan is None or plan.get("committed") or not self.is_main:
+        if plan is None or plan.get("prepared") or not self.is_main:
             return
-        plan["committed"] = True
+        plan["prepared"] = True
         step, epoch = plan["step"], plan["epoch"]
         self._trim_summary(lambda r: _summary_key(r)[0] < step
                            or (_summary_key(r)[0] == step and _summary_key(r)[1] <= epoch))
         last = self._ckpt(step, "last")
-        if plan["path"] != last and last.exists():
-            os.replace(last, last.with_name("last.pth.old"))  # kept, not lost
+        if plan["path"] != last and last.exists():  # resumed from best.pth: keep, not lose, last.pth
+            kept = last.with_name("last.pth.old")
+            for n in range(1, 1000):
+                if not kept.exists():
+                    break
+                kept = last.with_name(f"last.pth.old{n}")
+            os.replace(last, kept)
+            self._log(f"[step {step}] {last} replaced by the run resumed from {plan['path']}; kept as {kept}")
+
+    def _after_first_resumed_save(self):
+        """Main process, once the resumed run saved a checkpoint: config.yaml and
+        resume_changes.csv now describe what the checkpoints hold. Once per run."""
+        plan = self.resume_plan
+        if plan is None or plan.get("recorded") or not self.is_main:
+            return
+        plan["recorded"] = True
         self._write_config()
         if plan["changes"]:
             at_step, at_epoch, at_batch = plan["start"]
@@ -779,6 +793,12 @@ class Trainer:
             set_rng_state(ckpt["rng"])
             if state["epoch"] >= cfg["epochs"] and not state["batch"]:
                 best = self._ckpt(step, "best")
+                if source != self._ckpt(step, "last") and self.is_main:
+                    # best.pth is the final epoch: it stands in for a missing or damaged last.pth
+                    self._before_resumed_writes()
+                    _write_atomically(self._ckpt(step, "last"), lambda tmp: shutil.copyfile(source, tmp),
+                                      source.stat().st_size, f"free space and {self._next_move()}")
+                    self._after_first_resumed_save()
                 return read_checkpoint(best)["model"] if best.exists() else ckpt["model"]
             changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in plan["changes"].items())
             self._log(f"[step {step}] resuming from {source} (epoch {state['epoch']}"
@@ -837,12 +857,13 @@ class Trainer:
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 state.update(epoch=epoch, batch=0, partial=None)
                 if self.is_main:
-                    self._commit_resume()
+                    self._before_resumed_writes()
                     summary_size = self._append_summary(row)
                     try:
                         self._save(step, model, optimizer, scheduler, scaler, state, is_best)
                     except BaseException:  # no row for an epoch without its checkpoint
-                        self._take_back_rows(summary_size)
+                        if self.last_good.get(step, (None, None, None))[1:] != (epoch, 0):
+                            self._take_back_rows(summary_size)
                         raise
                     if tb is not None:
                         for key in SUMMARY_COLUMNS[2:]:
@@ -995,7 +1016,7 @@ class Trainer:
             epoch = state["epoch"] + (1 if state["batch"] else 0)
             raise TrainError(self._divergence_message(step, epoch, state["batch"] or None,
                                                       "weights became non-finite"))
-        self._commit_resume()
+        self._before_resumed_writes()
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -1008,6 +1029,7 @@ class Trainer:
         advice = f"free space (or fix {folder}) and {self._next_move()}"
         atomic_save(ckpt, folder / "last.pth", advice)
         self.last_good[step] = (folder / "last.pth", state["epoch"], state["batch"])
+        self._after_first_resumed_save()
         if is_best:
             atomic_save(ckpt, folder / "best.pth", advice)
 

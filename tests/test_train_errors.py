@@ -99,3 +99,62 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     capsys.readouterr()
     assert cli(tmp_path, *cfg) == 2
     assert "--resume" in one_error_line(capsys)
+
+
+def test_config_file_of_random_bytes(tmp_path, capsys):
+    path = tmp_path / "random.yaml"
+    path.write_bytes(bytes(range(128, 256)) * 8)  # no valid UTF-8 start byte
+    assert cli(tmp_path, "--config", str(path)) == 2
+    assert f"config file '{path}' is not UTF-8 text" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("size, expected", [
+    (16, "blocks[11] gets a 1x1 map, too small to stride; its smallest input is 31 px, "
+         "the nearest size that fits is 31"),
+    (225, "gets an odd 113x113 map, which its conv and pooling shortcut halve differently "
+          "(56 vs 57); its smallest input is 31 px, the nearest sizes that fit are 224 and 255"),
+])
+def test_image_size_is_checked_before_the_run_dir_is_made(tmp_path, capsys, size, expected):
+    data = make_image_folder(tmp_path / "data")
+    assert cli(tmp_path, "--dataset", "folder", "--data-dir", str(data), "--image-size", str(size),
+               "--augment", "false", "--batch-size", "8") == 2
+    line = one_error_line(capsys)
+    assert f"--image-size {size} does not fit reactnet_a_bf: " in line and expected in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_batchnorm_with_one_image_per_process(tmp_path, capsys):
+    assert cli(tmp_path, "--model", "reactnet_a_bn", "--batch-size", "1", "--epochs", "1") == 2
+    line = one_error_line(capsys)
+    assert "reactnet_a_bn has BatchNorm layers that see a 1x1 map at 32 px" in line
+    assert "use --batch-size 2 or more" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_class_folder_mismatch_names_the_folders(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data")
+    (data / "val" / "class2").rename(data / "val" / "class9")
+    assert cli(tmp_path, "--dataset", "folder", "--data-dir", str(data), "--image-size", "32",
+               "--batch-size", "8") == 2
+    line = one_error_line(capsys)
+    assert f"{data / 'train'} and {data / 'val'} must hold the same class folders" in line
+    assert "only in train/: class2; only in val/: class9" in line
+
+
+def test_load_published_checkpoint_errors_are_the_packages(tmp_path):
+    import numpy as np
+
+    from bnn_helpers.config import CorruptCheckpointError, RefusedCheckpointError
+    from bnn_helpers.convert import load_published_checkpoint, to_published_state_dict
+    from bnn_helpers.models import create_model
+
+    model = create_model("reactnet_a_bf", num_classes=10, width_mult=0.25)
+    torch.save({"state_dict": to_published_state_dict(model), "acc": np.zeros(2)}, tmp_path / "np.pth")
+    with pytest.raises(RefusedCheckpointError, match=r"holds numpy\.(_)?core\.multiarray\._reconstruct,"):
+        load_published_checkpoint(model, tmp_path / "np.pth")
+    torch.save({"state_dict": to_published_state_dict(model)}, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CorruptCheckpointError, match=r"cut\.pth is corrupt \(truncated or damaged"):
+        load_published_checkpoint(model, tmp_path / "cut.pth")
+    assert issubclass(RefusedCheckpointError, TrainError) and issubclass(CorruptCheckpointError, TrainError)
