@@ -5,9 +5,11 @@ The library is compiled at most once per source version (cached on disk, see
 ``deploy`` is the oracle: integer results must be equal bit for bit, real values
 within a few float32 ulps of their scale.
 """
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,3 +290,19 @@ def test_latency_table_rows(images):
         assert {"profiled pack signs", "profiled popcount conv"} <= set(parts)
         assert sum(parts.values()) == pytest.approx(total)
     assert all(r["batch"] == 2 and r["ms_per_image"] == pytest.approx(r["ms"] / 2) for r in rows)
+
+
+@needs_native
+def test_benchmark_quick_checks_equality(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import packed_inference
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "packed.json"
+    result = packed_inference.main(["--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["quick"] and len(saved["results"]) == len(result["results"]) == 2
+    for r in saved["results"]:
+        assert r["check"]["ok"] and r["check"]["integer_mismatches"] == 0
+        assert r["check"]["integer_dots"] > 0 and r["native_ms"] > 0 and r["float_ms"] > 0
