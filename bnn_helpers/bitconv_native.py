@@ -24,14 +24,14 @@ What runs natively (``csrc/bitconv.cpp``, plain C ABI loaded with :mod:`ctypes`)
   block instead of ~20 PyTorch ops, which is what matters for small inputs.
 
 It is built on first use with the machine's C++ compiler (``$CXX``, else
-``c++``, ``g++`` or ``clang++``) in about 2-4 s into a cache folder
+``c++``, ``g++`` or ``clang++``) in a few seconds (6 s on a busy 2-core VM) into a cache folder
 (``$BNN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/bnn_helpers/native``, else
 ``~/.cache/bnn_helpers/native``) under a key of the source, flags, compiler and
 platform; later processes just load it. It is compiled without
 ``-march=native``: the popcount loops exist twice (baseline and POPCNT) and
 the CPU picks at run time, so a cache shared between machines stays correct.
 No torch headers and no ninja are needed (a ``torch.utils.cpp_extension``
-build of the same code takes tens of seconds and needs ninja).
+build of even an empty extension took 42 s and 1.5 GB on that VM, and needs ninja).
 
 Switch (environment variable ``BNN_NATIVE``, or the context managers):
 ``0`` reference only; ``1`` native required (an error if it cannot be built);
@@ -419,6 +419,7 @@ class _PlanA:
         if wd != math.ceil(c / 64) or self.keep["w1"].shape[-1] != wd:
             raise ValueError("weight words do not match the channel count")
         self.c, self.cout, self.stride = c, cout, block.stride
+        self.modules = list(block.modules())  # for the hook check of run_blocks
         fields = {k: v.data_ptr() for k, v in self.keep.items()}
         self.struct = _BlockA(C=c, Cout=cout, stride=block.stride, Wd=wd,
                               nzw3=self.keep["zw3"].shape[0], nzw1=self.keep["zw1"].shape[0],
@@ -470,8 +471,22 @@ def block_a(block, x: torch.Tensor, return_dots: bool = False):
     return out, d3.permute(0, 3, 1, 2).contiguous(), d1.permute(0, 3, 1, 2).contiguous()
 
 
+def _hooked(plans) -> bool:
+    """Whether a forward hook would see the modules inside the blocks."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for p in plans for m in p.modules)
+
+
 def run_blocks(blocks, x: torch.Tensor):
-    """All blocks of a packed ReActNet-A natively (channels-last inside); None -> reference."""
+    """All blocks of a packed ReActNet-A natively (channels-last inside); None -> per module.
+
+    A fused call bypasses the blocks' submodules, so when any of them carries a
+    forward hook (or a global one is set), None is returned and the blocks run
+    module by module (their signs and convs still natively), so the hooks fire.
+    """
     from .deploy import PackedBlockA
 
     lib = _lib_for(x)
@@ -480,6 +495,8 @@ def run_blocks(blocks, x: torch.Tensor):
     try:
         plans = [_plan_a(b) for b in blocks]
     except ValueError:
+        return None
+    if _hooked(plans):
         return None
     h = x.permute(0, 2, 3, 1).contiguous()
     for plan in plans:
@@ -536,8 +553,11 @@ def _native_breakdown(packed, images, clock):
         lib.bnn_profile_read(ns)
     finally:
         lib.bnn_profile(0)
+    from .deploy import PackedBlockA
+
+    fused = all(isinstance(b, PackedBlockA) for b in getattr(packed, "blocks", ()))
     parts = {"pack signs": ns[0] * 1e-9, "popcount conv": ns[1] * 1e-9,
-             "real-valued ops (fused)": ns[2] * 1e-9}
+             "real-valued ops (fused)" if fused else "storing conv results": ns[2] * 1e-9}
     return {**parts, "stem, head, layout, Python": total - sum(parts.values()), "total": total}
 
 
@@ -556,8 +576,11 @@ def latency_table(model, images: torch.Tensor, packed=None, word_bits: int = 64,
 
     Returns a list of dicts ``{"path", "part", "ms", "ms_per_image", "batch"}``:
     ``part="total"`` for the three paths, and with ``breakdown`` one extra
-    profiled run of each packed path split into ``pack signs``, ``popcount conv``
-    and the rest (wall-clock; see :func:`_reference_breakdown`). Put it in
+    profiled run of each packed path (wall-clock), ``part="profiled ..."``:
+    ``pack signs``, ``popcount conv`` and the rest — for the reference the time
+    inside ``PackedSign`` / ``PackedBinaryConv2d`` modules (forward hooks), for
+    the native path the kernel's own counters (sign packing, popcount loops, the
+    fused real-valued epilogue) — plus ``profiled total``. Put it in
     ``pandas.DataFrame(rows)``. Without a native kernel, its rows are missing and
     the one-line warning says why.
     """

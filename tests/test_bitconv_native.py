@@ -306,3 +306,21 @@ def test_benchmark_quick_checks_equality(tmp_path):
     for r in saved["results"]:
         assert r["check"]["ok"] and r["check"]["integer_mismatches"] == 0
         assert r["check"]["integer_dots"] > 0 and r["native_ms"] > 0 and r["float_ms"] > 0
+
+
+@needs_native
+def test_forward_hooks_inside_blocks_still_fire(images):
+    """A hook on a packed conv (as notebook 08 uses) disables the fused call, not the hook."""
+    packed = pack(_model_a("bf"))
+    with use_reference():
+        expected = packed(images[:2])
+    seen = []
+    handle = packed.blocks[2].conv1x1[0].register_forward_hook(
+        lambda mod, inputs, out: seen.append(mod.integer_forward(inputs[0])))
+    try:
+        with use_native():
+            got = packed(images[:2])
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and seen[0].dtype == torch.int32
+    torch.testing.assert_close(got, expected, rtol=0, atol=64 * EPS * expected.abs().max().item())
