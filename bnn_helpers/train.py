@@ -41,7 +41,16 @@ SIGTERM/SIGINT save ``last.pth`` and exit. In Python (same code path)::
 
 Run directory: ``config.yaml``, ``summary.csv`` (one row per epoch),
 ``stats.csv`` (``--track-stats``), ``step1/{last,best}.pth``,
-``step2/{last,best}.pth``.
+``step2/{last,best}.pth``, ``resume_changes.csv`` (settings a resume changed).
+
+Nothing is lost when a run goes wrong: a checkpoint is written only with finite
+weights and validation loss (a diverged run stops and names the last good one);
+``--resume`` checks the checkpoint against the settings before anything in the run
+directory changes, and may change only ``epochs`` and ``lr`` (applied from the
+resumed position, recorded in ``resume_changes.csv``); a failed write (disk full)
+removes its temporary file and keeps the previous checkpoint; a damaged
+``last.pth`` is reported as corrupt and ``--resume --resume-from best`` continues
+from ``best.pth``, keeping the damaged file as ``last.pth.old``.
 """
 from __future__ import annotations
 
