@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import math
 import os
 import random
@@ -75,10 +74,13 @@ import torch.nn as nn
 import yaml
 
 from .agc import clip_gradients_, parameters_except_classifier
-from .config import (CorruptCheckpointError, TrainError, checkpoint_damage, checkpoint_load_error,
-                     describe_keys, load_config, parse_cli_overrides, run_dir_of)
+from .checkpoints import (atomic_save, build_model, find_checkpoint, load_trained, model_from_checkpoint,
+                          read_checkpoint, rng_state, set_rng_state, write_atomically, write_error)
+from .config import (TrainError, describe_keys, load_config, parse_cli_overrides,
+                     run_dir_of, steps_of)
 from .data import build_datasets, make_loader
-from .losses import Objective, SmallTeacherCNN, find_checkpoint, load_teacher
+from .losses import Objective
+from .teacher import load_teacher
 
 __all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
            "model_from_checkpoint", "read_checkpoint", "SUMMARY_COLUMNS", "RESUME_ADJUSTABLE",
@@ -99,96 +101,6 @@ _RESUME_FREE = _DRIVING_KEYS + (
     "step", "device", "workers", "pin_memory", "data_dir", "download", "compile", "channels_last",
     "deterministic", "eval_batch_size", "tensorboard", "track_stats", "stats_every",
     "step1_checkpoint", "teacher_checkpoint")
-
-
-# --------------------------------------------------------------------------- models
-def is_float_model(cfg: dict) -> bool:
-    """Real-valued models (teachers) have a single training step."""
-    return cfg["model"] == "float_cnn" or cfg["model"].startswith("timm:")
-
-
-def steps_of(cfg: dict) -> list[int]:
-    """The training steps a config runs: [1, 2], [1] or [2] (real-valued models: [1])."""
-    step = cfg["step"]
-    if is_float_model(cfg):
-        if step == "2":
-            raise TrainError(f"{cfg['model']} is real-valued: it has no step 2; use --step 1")
-        return [1]
-    return [1, 2] if step == "both" else [int(step)]
-
-
-def build_model(cfg: dict, binary_weights: bool, num_classes: int) -> nn.Module:
-    """The student (or teacher) network a config names, for one training step."""
-    from .models import list_models, create_model
-
-    name = cfg["model"]
-    if name == "float_cnn":
-        return SmallTeacherCNN(num_classes, cfg["width_mult"])
-    if name.startswith("timm:"):
-        import timm
-
-        if not timm.is_model(name[5:]):
-            raise TrainError(f"unknown timm model {name[5:]!r}")
-        return timm.create_model(name[5:], pretrained=False, num_classes=num_classes)
-    if name not in list_models():
-        raise TrainError(f"unknown model {name!r}; valid: {', '.join(list_models())}, float_cnn, "
-                         "timm:<name>")
-    kwargs = dict(binary_weights=binary_weights, num_classes=num_classes, alpha=cfg["alpha"],
-                  beta_schedule=cfg["beta_schedule"], width_mult=cfg["width_mult"],
-                  estimator=cfg["estimator"])
-    if name.startswith("reactnet_18"):
-        small = cfg["dataset"] in ("cifar10", "cifar100", "digits")
-        kwargs["stem"] = cfg["stem"] or ("cifar" if small else "imagenet")
-    return create_model(name, **kwargs)
-
-
-def model_from_checkpoint(ckpt: dict, binary_weights: bool | None = None) -> nn.Module:
-    """Rebuild the network an engine checkpoint (a loaded ``.pth`` dict) holds, in eval mode.
-
-    ``binary_weights=None`` builds the network of the checkpoint's own step; ``True``
-    with a step-1 checkpoint gives the network step 2 starts from (binary weights
-    initialised from step 1's real ones).
-    """
-    binary = ckpt.get("step") == 2 if binary_weights is None else binary_weights
-    model = build_model(ckpt["config"], binary_weights=binary, num_classes=ckpt["num_classes"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
-def load_trained(path: str | Path, step: int | None = None, which: str = "best",
-                 binary_weights: bool | None = None) -> nn.Module:
-    """A network trained by the engine, from a run directory or a ``.pth`` file, on the CPU.
-
-    ``step`` picks the checkpoint of a run directory (default: step 2 if it exists,
-    else step 1); ``which`` is ``"best"`` or ``"last"``; ``binary_weights`` as in
-    :func:`model_from_checkpoint`. For example, the step-2 network right after
-    binarization, before any step-2 training::
-
-        load_trained(run_dir, step=1, binary_weights=True)
-    """
-    prefer = ("step2", "step1") if step is None else (f"step{int(step)}",)
-    return model_from_checkpoint(read_checkpoint(find_checkpoint(path, prefer, which)), binary_weights)
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """An engine checkpoint, loaded on the CPU with ``weights_only=True``.
-
-    One-line :class:`TrainError` otherwise: a truncated or damaged file (also one whose
-    bytes fail the zip CRC, which ``torch.load`` alone would load) is a
-    :class:`~bnn_helpers.config.CorruptCheckpointError`; a file refused for holding
-    more than tensors names the blocked global.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise checkpoint_load_error(path, exc) from None
-    damage = checkpoint_damage(path)
-    if damage:
-        raise CorruptCheckpointError(f"{path} is corrupt (truncated or damaged: {damage})")
-    if not (isinstance(ckpt, dict) and {"model", "config", "num_classes"} <= ckpt.keys()):
-        raise TrainError(f"{path} is not a checkpoint of the bnn_helpers engine; load a plain "
-                         "state_dict with create_model(...).load_state_dict(...) instead")
-    return ckpt
 
 
 # --------------------------------------------------------------------------- process setup
@@ -231,99 +143,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """RNG states as tensors and lists, so ``torch.load(weights_only=True)`` reads them."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-             "python": [py_state[0], list(py_state[1]), py_state[2]]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["gauss"]))
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _temporary_of(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _tensor_bytes(obj) -> int:
-    """Bytes of the tensors in a nested checkpoint (about its size on disk)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.nelement() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
-def _write_error(path: Path, exc: BaseException, needed: int, advice: str) -> TrainError:
-    """One line naming the path and the cause of a failed write (disk full, read-only, ...)."""
-    chain, seen = [], exc
-    while seen is not None and len(chain) < 8:  # torch's zip writer wraps the OSError it met
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    os_error = next((e for e in chain if isinstance(e, OSError)), None)
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    if os_error is not None:
-        cause = os_error.strerror or str(os_error)
-    elif free is not None and free < needed:  # torch.save to a path reports only "unexpected pos"
-        cause = os.strerror(errno.ENOSPC)
-    else:
-        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    space = (f" ({needed / 2**20:.1f} MiB to write, {free / 2**20:.1f} MiB free there)"
-             if free is not None and needed else "")
-    return TrainError(f"cannot write {path}: {cause}{space}; {advice}")
-
-
-def _write_atomically(path: Path, write, needed: int = 0, advice: str = "nothing was replaced") -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A crash never leaves a torn ``path``; on any failure the temporary file is removed
-    and ``path`` keeps its previous content; a write error becomes one line.
-    """
-    tmp = _temporary_of(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)):
-            raise _write_error(path, exc, needed, advice) from None
-        raise
-
-
-def atomic_save(obj, path: Path, advice: str = "nothing was replaced") -> None:
-    """torch.save to a temporary file, synced, then renamed over ``path``.
-
-    A crash never leaves a torn file; a failed save (disk full, ...) removes the
-    temporary file, keeps the previous ``path`` and raises one-line :class:`TrainError`.
-    """
-    def write(tmp):
-        with open(tmp, "wb") as f:  # a file object: torch then surfaces the OSError (ENOSPC ...)
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
-
-    _write_atomically(path, write, _tensor_bytes(obj), advice)
 
 
 def _process_alive(pid: int) -> bool:
@@ -613,7 +432,7 @@ class Trainer:
     def _write_config(self):
         saved = {k: v for k, v in self.cfg.items() if k not in ("resume", "overwrite", "resume_from")}
         text = yaml.safe_dump(_plain(saved), sort_keys=False)
-        _write_atomically(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(text),
+        write_atomically(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(text),
                           advice=f"free space and {self._next_move()}")
 
     def _before_resumed_writes(self):
@@ -660,7 +479,7 @@ class Trainer:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.truncate(path, size)
-                raise _write_error(path, exc, 0, f"free space and {self._next_move()}") from None
+                raise write_error(path, exc, 0, f"free space and {self._next_move()}") from None
 
     def _remove_stale_temporaries(self):
         """Temporary files of saves that a killed process (SIGKILL, power loss) left behind."""
@@ -687,7 +506,7 @@ class Trainer:
                 writer.writeheader()
                 writer.writerows(rows)
 
-        _write_atomically(path, write, advice=f"free space and {self._next_move()}")
+        write_atomically(path, write, advice=f"free space and {self._next_move()}")
 
     def _trim_summary(self, keep):
         self._trim_csv(self.run_dir / "summary.csv", SUMMARY_COLUMNS,
@@ -714,7 +533,7 @@ class Trainer:
                 writer.writerow(row)
         except OSError as exc:
             self._take_back_rows(size)  # no torn row
-            raise _write_error(path, exc, 0, f"free space and {self._next_move()}") from None
+            raise write_error(path, exc, 0, f"free space and {self._next_move()}") from None
         return size
 
     def prepare_data(self):
@@ -805,7 +624,7 @@ class Trainer:
                 if source != self._ckpt(step, "last") and self.is_main:
                     # best.pth is the final epoch: it stands in for a missing or damaged last.pth
                     self._before_resumed_writes()
-                    _write_atomically(self._ckpt(step, "last"), lambda tmp: shutil.copyfile(source, tmp),
+                    write_atomically(self._ckpt(step, "last"), lambda tmp: shutil.copyfile(source, tmp),
                                       source.stat().st_size, f"free space and {self._next_move()}")
                     self._after_first_resumed_save()
                 return read_checkpoint(best)["model"] if best.exists() else ckpt["model"]
