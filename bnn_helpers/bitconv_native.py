@@ -11,7 +11,7 @@ order, so in practice the same bits too). ::
     bitconv_native.info()                   # available?, POPCNT used?, library path, build seconds
     with bitconv_native.use_reference():    # force the pure-PyTorch reference
         logits = packed(images)
-    rows = bitconv_native.latency_table(model, images)   # float vs reference vs native, ms
+    rows = bnn_helpers.latency.latency_table(model, images)   # float vs reference vs native, ms
 
 What runs natively (``csrc/bitconv.cpp``, plain C ABI loaded with :mod:`ctypes`)
 ------------------------------------------------------------------------------
@@ -48,7 +48,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -60,8 +59,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .bitkernels import PackedActivation
+
 __all__ = ["NativeKernelWarning", "build", "available", "info", "mode", "use_reference",
-           "use_native", "pack_signs", "conv2d", "block_a", "run_blocks", "latency_table"]
+           "use_native", "pack_signs", "conv2d", "block_a", "run_blocks", "runs_natively", "kernel_profile"]
 
 SOURCE = Path(__file__).with_name("csrc") / "bitconv.cpp"
 FLAGS = ("-O3", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
@@ -297,6 +298,11 @@ def _lib_for(x: torch.Tensor, dtype=torch.float32):
     return lib
 
 
+def runs_natively(x: torch.Tensor) -> bool:
+    """Whether a packed network given ``x`` would run the native kernels (warns once if not)."""
+    return _lib_for(x) is not None
+
+
 # ------------------------------------------------------------------ layers
 _CACHE = weakref.WeakKeyDictionary()  # module -> {name: (sources, versions, value)}
 
@@ -339,8 +345,6 @@ def pack_signs(sign_module, x: torch.Tensor):
     lib = _lib_for(x)
     if lib is None or x.dim() != 4:
         return None
-    from .deploy import PackedActivation
-
     n, c, h, w = x.shape
     lower, upper = sign_module.lower, sign_module.upper
     if lower.numel() != c or lower.dtype != torch.float32 or upper.dtype != torch.float32:
@@ -487,10 +491,8 @@ def run_blocks(blocks, x: torch.Tensor):
     forward hook (or a global one is set), None is returned and the blocks run
     module by module (their signs and convs still natively), so the hooks fire.
     """
-    from .deploy import PackedBlockA
-
     lib = _lib_for(x)
-    if lib is None or x.dim() != 4 or not all(isinstance(b, PackedBlockA) for b in blocks):
+    if lib is None or x.dim() != 4:
         return None
     try:
         plans = [_plan_a(b) for b in blocks]
@@ -506,136 +508,28 @@ def run_blocks(blocks, x: torch.Tensor):
     return h.permute(0, 3, 1, 2).contiguous()
 
 
-# ------------------------------------------------------------------ measurements
-def _median_ms(samples):
-    return 1e3 * statistics.median(samples)
-
-
-@torch.no_grad()
-def _reference_breakdown(packed, images, clock):
-    """Seconds in PackedSign, in PackedBinaryConv2d (integer conv + scale) and the rest."""
-    from .deploy import PackedBinaryConv2d, PackedSign, PackedWeightConv2d
-
-    spent = {"pack signs": 0.0, "popcount conv": 0.0}
-    starts, handles = {}, []
-    for m in packed.modules():
-        kind = ("pack signs" if isinstance(m, PackedSign) else
-                "popcount conv" if isinstance(m, PackedBinaryConv2d)
-                and not isinstance(m, PackedWeightConv2d) else None)
-        if kind is None:
-            continue
-        handles.append(m.register_forward_pre_hook(
-            lambda mod, inp: starts.__setitem__(id(mod), clock())))
-        handles.append(m.register_forward_hook(
-            lambda mod, inp, out, k=kind: spent.__setitem__(k, spent[k] + clock() - starts[id(mod)])))
-    try:
-        with use_reference():
-            t0 = clock()
-            packed(images)
-            total = clock() - t0
-    finally:
-        for h in handles:
-            h.remove()
-    return {**spent, "real-valued ops, layout, Python": total - sum(spent.values()),
-            "total": total}
-
-
-@torch.no_grad()
-def _native_breakdown(packed, images, clock):
+@contextlib.contextmanager
+def kernel_profile():
+    """The kernels' own time counters over the block: yields a dict that, on exit, holds
+    seconds spent packing signs, in popcount loops and in the fused real-valued epilogue."""
     lib = _state["lib"]
+    if lib is None:
+        raise RuntimeError("the native kernels are not loaded; call build() first")
+    spent = {}
     lib.bnn_profile(1)
     try:
-        with use_native():
-            t0 = clock()
-            packed(images)
-            total = clock() - t0
+        yield spent
         ns = (ctypes.c_double * 3)()
         lib.bnn_profile_read(ns)
+        spent.update(pack_signs=ns[0] * 1e-9, popcount=ns[1] * 1e-9, epilogue=ns[2] * 1e-9)
     finally:
         lib.bnn_profile(0)
-    from .deploy import PackedBlockA
-
-    fused = all(isinstance(b, PackedBlockA) for b in getattr(packed, "blocks", ()))
-    parts = {"pack signs": ns[0] * 1e-9, "popcount conv": ns[1] * 1e-9,
-             "real-valued ops (fused)" if fused else "storing conv results": ns[2] * 1e-9}
-    return {**parts, "stem, head, layout, Python": total - sum(parts.values()), "total": total}
 
 
-def latency_table(model, images: torch.Tensor, packed=None, word_bits: int = 64, reps: int = 5,
-                  warmup: int = 1, threads: int = 1, clock: str = "thread",
-                  breakdown: bool = True) -> list:
-    """Time the float model, the packed reference and the packed native kernels.
+def __getattr__(name):
+    # Old home of latency_table, until notebook 08 imports it from bnn_helpers.latency.
+    if name == "latency_table":
+        from .latency import latency_table
 
-    ``model``: a step-2 ReActNet-A / ReActNet-18 in eval mode (the float
-    simulation, run under ``torch.inference_mode``); ``packed``: its packed form
-    (default ``deploy.pack(model, word_bits)``). The three run alternately,
-    ``reps`` times after ``warmup`` rounds, with ``threads`` torch threads;
-    ``clock="thread"`` measures this thread's CPU time (``time.thread_time``,
-    barely disturbed by other programs on a shared machine; with one thread it is
-    the whole cost), ``"wall"`` wall-clock. Medians.
-
-    Returns a list of dicts ``{"path", "part", "ms", "ms_per_image", "batch"}``:
-    ``part="total"`` for the three paths, and with ``breakdown`` one extra
-    profiled run of each packed path (wall-clock), ``part="profiled ..."``:
-    ``pack signs``, ``popcount conv`` and the rest — for the reference the time
-    inside ``PackedSign`` / ``PackedBinaryConv2d`` modules (forward hooks), for
-    the native path the kernel's own counters (sign packing, popcount loops, the
-    fused real-valued epilogue) — plus ``profiled total``. Put it in
-    ``pandas.DataFrame(rows)``. Without a native kernel, its rows are missing and
-    the one-line warning says why.
-    """
-    from .deploy import pack
-
-    clocks = {"thread": time.thread_time, "wall": time.perf_counter}
-    if clock not in clocks:
-        raise ValueError(f"clock must be 'thread' or 'wall', got {clock!r}")
-    tick = clocks[clock]
-    if packed is None:
-        packed = pack(model, word_bits)
-    was_training = model.training
-    model.eval()
-    batch = images.shape[0]
-
-    def run_float():
-        with torch.inference_mode():
-            model(images)
-
-    def run_reference():
-        with torch.no_grad(), use_reference():
-            packed(images)
-
-    def run_native():
-        with torch.no_grad(), use_native():
-            packed(images)
-
-    paths = {"float": run_float, "reference": run_reference}
-    with torch.no_grad():
-        if mode() != "off" and _lib_for(images.float()) is not None:
-            paths["native"] = run_native
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rows = []
-    try:
-        samples = {name: [] for name in paths}
-        for i in range(warmup + reps):
-            for name, fn in paths.items():
-                t0 = tick()
-                fn()
-                if i >= warmup:
-                    samples[name].append(tick() - t0)
-        for name, s in samples.items():
-            ms = _median_ms(s)
-            rows.append({"path": name, "part": "total", "ms": ms, "ms_per_image": ms / batch,
-                         "batch": batch})
-        if breakdown:
-            parts = {"reference": _reference_breakdown(packed, images, time.perf_counter)}
-            if "native" in paths:
-                parts["native"] = _native_breakdown(packed, images, time.perf_counter)
-            for name, split in parts.items():
-                for part, sec in split.items():
-                    rows.append({"path": name, "part": f"profiled {part}", "ms": sec * 1e3,
-                                 "ms_per_image": sec * 1e3 / batch, "batch": batch})
-    finally:
-        torch.set_num_threads(saved_threads)
-        model.train(was_training)
-    return rows
+        return latency_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

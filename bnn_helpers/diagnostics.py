@@ -29,7 +29,6 @@ when the forward raises.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 import torch.nn as nn
 from timm.utils.agc import unitwise_norm
 
+from .hooks import buffers_restored, eval_mode, removing_hooks
 from .layers import RSign, is_binary_conv
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "agc_clipped_share",
     "StatsRecorder",
     "STATS_COLUMNS",
+    "count_sign_ties",
 ]
 
 
@@ -83,29 +84,6 @@ def _check_model(model: nn.Module) -> None:
     if missing:
         raise TypeError(f"{type(model).__name__} lacks {', '.join(missing)}; the diagnostics need "
                         "a model with .stem, .blocks and .head (see bnn_helpers.create_model)")
-
-
-@contextlib.contextmanager
-def _hooks():
-    """Collects hook handles and removes all of them on exit, even after an exception."""
-    handles: list = []
-    try:
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def _buffers_restored(model: nn.Module):
-    """A train-mode forward updates BN running statistics; put them back afterwards."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
 
 
 def _per_channel(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +175,7 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
             row[column] = float((output > 0).float().mean())
         return hook
 
-    with _hooks() as handles, _buffers_restored(model), torch.no_grad():
+    with removing_hooks() as handles, buffers_restored(model), torch.no_grad():
         for (i, (_, module)), row in zip(enumerate(points), rows):
             handles.append(module.register_forward_hook(output_hook(row)))
             if i == 0:
@@ -231,7 +209,7 @@ def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
     published ReActNet-A without BN at initialisation). Same mode/buffer rules
     as :func:`signal_propagation`.
     """
-    with _buffers_restored(model), torch.no_grad():
+    with buffers_restored(model), torch.no_grad():
         logits = model(x)
     if logits.shape[0] < 2:
         raise ValueError("logit_variance needs a batch of at least 2 inputs")
@@ -257,7 +235,7 @@ def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     modes = [(m, m.training) for m in model.modules()]
     hits = 0
-    with _buffers_restored(model):
+    with buffers_restored(model):
         model.train(train_mode)
         try:
             for start in range(0, len(y), batch_size):
@@ -566,3 +544,19 @@ class StatsRecorder:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@torch.no_grad()
+def count_sign_ties(model: nn.Module, images: torch.Tensor) -> dict:
+    """How many RSign outputs are exactly 0 (input on the threshold) on ``images``."""
+    counts = {"sign_outputs": 0, "zeros": 0}
+
+    def hook(module, inputs, output):
+        counts["sign_outputs"] += output.numel()
+        counts["zeros"] += int((output == 0).sum())
+
+    with removing_hooks() as handles, eval_mode(model):
+        handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RSign)]
+        model(images)
+    counts["fraction"] = counts["zeros"] / max(1, counts["sign_outputs"])
+    return counts

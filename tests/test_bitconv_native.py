@@ -18,9 +18,11 @@ import torch.nn.functional as F
 
 from bnn_helpers import bitconv_native, create_model, deploy
 from bnn_helpers.bitconv_native import NativeKernelWarning, use_native, use_reference
-from bnn_helpers.deploy import (PackedActivation, PackedBinaryConv2d, PackedSign,
-                                _pack_weight_signs, pack)
+from bnn_helpers.bitkernels import PackedActivation
+from bnn_helpers.deploy import PackedBinaryConv2d, PackedSign, pack
 from bnn_helpers.diagnostics import compare_predictions
+from bnn_helpers.latency import latency_table
+from bnn_helpers.packed_layers import _pack_weight_signs
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -284,7 +286,7 @@ def test_import_never_builds(tmp_path):
 @needs_native
 def test_latency_table_rows(images):
     model = _model_a("bf")
-    rows = bitconv_native.latency_table(model, images[:2], reps=1, warmup=0)
+    rows = latency_table(model, images[:2], reps=1, warmup=0)
     totals = {r["path"]: r["ms"] for r in rows if r["part"] == "total"}
     assert set(totals) == {"float", "reference", "native"} and min(totals.values()) > 0
     for path in ("reference", "native"):
