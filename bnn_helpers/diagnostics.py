@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from timm.utils.agc import unitwise_norm
 
+from .agc import clipped_units, parameters_except_classifier
 from .hooks import buffers_restored, eval_mode, removing_hooks
 from .layers import RSign, is_binary_conv
 
@@ -384,13 +384,6 @@ def gradient_norms(model: nn.Module) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "numel", "grad_norm", "param_norm"])
 
 
-def _classifier_names(model: nn.Module) -> set[str]:
-    if not hasattr(model, "get_classifier"):
-        return set()
-    ids = {id(p) for p in model.get_classifier().parameters()}
-    return {n for n, p in model.named_parameters() if id(p) in ids}
-
-
 def agc_clipped_share(model: nn.Module, clip_factor: float = 0.02, eps: float = 1e-3,
                       exclude: Iterable[str] | None = None) -> float:
     """Share of units that AGC *would* clip now, without touching any gradient.
@@ -400,16 +393,14 @@ def agc_clipped_share(model: nn.Module, clip_factor: float = 0.02, eps: float = 
     ``exclude``: parameter names or name prefixes to skip; default the
     classifier (the paper clips every parameter except the classifier's).
     """
-    skip = _classifier_names(model) if exclude is None else set(exclude)
-    clipped = total = 0
-    for name, p in model.named_parameters():
-        if p.grad is None or any(name == s or name.startswith(s + ".")
-                                 for s in skip):
-            continue
-        max_norm = unitwise_norm(p.detach().float()).clamp(min=eps).mul(clip_factor)
-        grad_norm = unitwise_norm(p.grad.detach().float())
-        clipped += int((~(grad_norm < max_norm)).sum())
-        total += max_norm.numel()
+    if exclude is None:
+        params = parameters_except_classifier(model)
+    else:
+        skip = set(exclude)
+        params = [p for name, p in model.named_parameters()
+                  if not any(name == s or name.startswith(s + ".") for s in skip)]
+    flags = [clipped_units(p, clip_factor, eps) for p in params if p.grad is not None]
+    clipped, total = sum(int(f.sum()) for f in flags), sum(f.numel() for f in flags)
     return clipped / total if total else math.nan
 
 

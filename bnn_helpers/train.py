@@ -65,6 +65,7 @@ import signal
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 
-from .agc import clip_gradients_, parameters_except_classifier
+from .agc import parameters_except_classifier
 from .checkpoints import (atomic_save, build_model, find_checkpoint, load_trained, model_from_checkpoint,
                           read_checkpoint, rng_state, set_rng_state, write_atomically, write_error)
 from .config import (TrainError, describe_keys, load_config, parse_cli_overrides,
@@ -81,6 +82,7 @@ from .config import (TrainError, describe_keys, load_config, parse_cli_overrides
 from .data import build_datasets, make_loader
 from .losses import Objective
 from .teacher import load_teacher
+from .training_step import autocast, make_optimizer, topk_hits, training_step
 
 __all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
            "model_from_checkpoint", "read_checkpoint", "SUMMARY_COLUMNS", "RESUME_ADJUSTABLE",
@@ -261,12 +263,6 @@ class Trainer:
     def request_stop(self, signum: int = signal.SIGTERM):
         """Finish the current batch, save ``last.pth`` and stop (what SIGTERM/SIGINT do)."""
         self.stop_signal = signum
-
-    def _autocast(self):
-        if self.cfg["amp"] == "none":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg["amp"] == "bf16" else torch.float16
-        return torch.autocast(self.device_kind, dtype=dtype)
 
     def _to_device(self, x, y):
         x = x.to(self.device, non_blocking=True)
@@ -551,16 +547,8 @@ class Trainer:
 
     def _optimizer(self, model: nn.Module, step: int):
         cfg = self.cfg
-        wd = cfg[f"weight_decay_step{step}"]
-        # The published rule: decay every 4-D parameter (conv weights, WS gains and
-        # the (1,C,1,1) learnable biases); nothing else.
-        decay = [p for p in model.parameters() if p.requires_grad and p.ndim == 4]
-        rest = [p for p in model.parameters() if p.requires_grad and p.ndim != 4]
-        groups = [{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": wd}]
-        if cfg["optimizer"] == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg["lr"])
-        else:
-            opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+        opt = make_optimizer(model, cfg["optimizer"], cfg["lr"], cfg[f"weight_decay_step{step}"],
+                             cfg["momentum"])
         epochs = cfg["epochs"]
         if cfg["lr_schedule"] == "published" and epochs == 1:
             warnings.warn("lr_schedule 'published' with epochs=1 trains at lr 0 (the rate is "
@@ -723,7 +711,6 @@ class Trainer:
         # Running sums: loss*n, top-1 hits, top-5 hits, images, clip-share sum, clipped batches, seconds.
         sums = list(state["partial"]) if state["partial"] else [0.0] * 7
         device_sums = torch.zeros(6, dtype=torch.float64, device=self.device)
-        k5 = min(5, self.num_classes)
         postfix_every = 10 if progress.mode == "tqdm" else cfg["log_every"]
         train_model.train()
         progress.start(batches, f"step {step} epoch {epoch}")
@@ -733,42 +720,27 @@ class Trainer:
         for i, (x, y) in enumerate(loader, start=start):
             x, y = self._to_device(x, y)
             iteration = (epoch - 1) * batches + i + 1
-            with self._autocast():
-                logits = train_model(x)
-                teacher_logits = None
-                if self.teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = self.teacher(x)
-                loss = self.objective(logits, y, teacher_logits)
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            if recorder is not None:
-                recorder.before_optimizer_step(model, step, epoch, iteration)
-            clip_share = None
-            if agc_params is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                clip_share = clip_gradients_(agc_params, cfg["agc_clip_factor"], cfg["agc_eps"])
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            before_update = (None if recorder is None else
+                             partial(recorder.before_optimizer_step, model, step, epoch, iteration))
+            loss, logits, clip_share = training_step(
+                train_model, x, y, self.objective, optimizer, teacher=self.teacher, amp=cfg["amp"],
+                scaler=scaler, agc_params=agc_params, agc_clip_factor=cfg["agc_clip_factor"],
+                agc_eps=cfg["agc_eps"], before_update=before_update)
             if recorder is not None:
                 # The tensor, not a float: the recorder reads it only on recorded
                 # iterations, so other steps keep no host-device sync.
                 recorder.after_optimizer_step(model, step, epoch, iteration, clip_share)
             with torch.no_grad():
-                top = logits.detach().topk(k5, dim=1).indices == y[:, None]
+                hit1, hit5 = topk_hits(logits, y, 5)
                 device_sums[0] += loss.detach().double() * y.numel()
-                device_sums[1] += top[:, 0].sum()
-                device_sums[2] += top.any(dim=1).sum()
+                device_sums[1] += hit1
+                device_sums[2] += hit5
                 device_sums[3] += y.numel()
                 if clip_share is not None:
                     device_sums[4] += clip_share.to(self.device, torch.float64)
                     device_sums[5] += 1
             done = i + 1
-            progress.update(i, loss.item() if done % postfix_every == 0 else None)
+            progress.update(i, loss.detach().item() if done % postfix_every == 0 else None)
             if self.on_batch_end is not None:
                 self.on_batch_end(self, step, epoch, done)
             flags = [float(self.stop_signal or 0), 0.0]
@@ -805,16 +777,14 @@ class Trainer:
         model.eval()
         self.val_loader.set_epoch(0)
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        k5 = min(5, self.num_classes)
         t0 = time.perf_counter()
         for x, y in self.val_loader:
             x, y = self._to_device(x, y)
-            with self._autocast():
+            with autocast(self.device_kind, self.cfg["amp"]):
                 logits = model(x)
             loss = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            top = logits.topk(k5, dim=1).indices == y[:, None]
-            sums += torch.stack([loss.double(), top[:, 0].sum().double(),
-                                 top.any(dim=1).sum().double(),
+            hit1, hit5 = topk_hits(logits, y, 5)
+            sums += torch.stack([loss.double(), hit1.double(), hit5.double(),
                                  torch.tensor(y.numel(), dtype=torch.float64, device=self.device)])
         loss_sum, hit1, hit5, n = self._all_reduce(sums.tolist())
         return {"loss": loss_sum / n, "top1": 100 * hit1 / n, "top5": 100 * hit5 / n,
