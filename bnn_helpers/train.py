@@ -54,165 +54,42 @@ from ``best.pth``, keeping the damaged file as ``last.pth.old``.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
 import math
 import os
-import random
 import re
 import shutil
 import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import yaml
 
 from .agc import parameters_except_classifier
-from .checkpoints import (atomic_save, build_model, find_checkpoint, load_trained, model_from_checkpoint,
-                          read_checkpoint, rng_state, set_rng_state, write_atomically, write_error)
+from .checkpoints import (atomic_save, build_model, load_trained, model_from_checkpoint,
+                          read_checkpoint, rng_state, set_rng_state, write_atomically)
 from .config import (TrainError, describe_keys, load_config, parse_cli_overrides,
                      run_dir_of, steps_of)
 from .data import build_datasets, make_loader
 from .losses import Objective
+from .preflight import RESUME_ADJUSTABLE, checkpoint_path, preflight, started_steps
+from .progress import Progress
+from .run_dir import (SUMMARY_COLUMNS, append_rows, finished_run, plain,
+                      remove_if_only_config, remove_stale_temporaries, summary_key, take_back, trim_rows,
+                      write_config)
+from .runtime import determinism, resolve_device, seed_everything, setup_distributed, stop_on_signals
 from .teacher import load_teacher
 from .training_step import autocast, make_optimizer, topk_hits, training_step
 
 __all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
            "model_from_checkpoint", "read_checkpoint", "SUMMARY_COLUMNS", "RESUME_ADJUSTABLE",
-           "TrainError", "Trainer"]
-
-SUMMARY_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "train_top5", "val_loss",
-                   "val_top1", "val_top5", "images_per_s", "agc_clip_share", "elapsed_s"]
-#: resume_changes.csv: one row per setting a resume changed (see RESUME_ADJUSTABLE)
-RESUME_CHANGE_COLUMNS = ["step", "epoch", "batch", "key", "before", "after"]
-
-#: settings that change how a run is driven, logged or named, not what it computes
-_DRIVING_KEYS = ("resume", "overwrite", "resume_from", "progress", "log_every", "threads", "run_dir",
-                 "output_dir", "name")
-#: the settings ``--resume`` may change: applied from the resumed position on and recorded
-RESUME_ADJUSTABLE = ("epochs", "lr")
-#: settings free on resume: where and how the run executes, not what the checkpoint means
-_RESUME_FREE = _DRIVING_KEYS + (
-    "step", "device", "workers", "pin_memory", "data_dir", "download", "compile", "channels_last",
-    "deterministic", "eval_batch_size", "tensorboard", "track_stats", "stats_every",
-    "step1_checkpoint", "teacher_checkpoint")
-
-
-# --------------------------------------------------------------------------- process setup
-def _slurm_to_torch_env() -> None:
-    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from SLURM when srun started one task per GPU."""
-    env = os.environ
-    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
-        return
-    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    if "MASTER_ADDR" not in env:
-        nodes = env.get("SLURM_STEP_NODELIST", env.get("SLURM_NODELIST", "localhost"))
-        m = re.match(r"([^,\[]+)(?:\[(\d+))?", nodes)  # "gpu[03-06,09]" -> "gpu03"
-        env["MASTER_ADDR"] = m.group(1) + (m.group(2) or "")
-    env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
-
-
-def setup_distributed(device_kind: str) -> tuple[int, int, int, bool]:
-    """(rank, world_size, local_rank, created) from torchrun/SLURM variables."""
-    _slurm_to_torch_env()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        if device_kind == "cuda":
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-        return rank, world, local, True
-    return rank, world, local, False
-
-
-def resolve_device(cfg: dict) -> str:
-    if cfg["device"] == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    if cfg["device"] == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg["device"]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _summary_key(row: dict) -> tuple[int, int] | None:
-    """(step, epoch) of a summary.csv row; None for a torn row."""
-    try:
-        return int(row["step"]), int(row["epoch"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _plain(value):
-    """Config values as YAML/pickle-safe builtins."""
-    return yaml.safe_load(yaml.safe_dump(value))
-
-
-# --------------------------------------------------------------------------- progress
-class _Progress:
-    """tqdm in a terminal or notebook, plain periodic lines otherwise, nothing off rank 0."""
-
-    def __init__(self, mode: str, enabled: bool, log_every: int):
-        if mode == "auto":
-            interactive = sys.stderr.isatty() or _in_notebook()
-            mode = "tqdm" if interactive else "log"
-        self.mode = mode if enabled else "none"
-        self.log_every, self.bar = log_every, None
-
-    def start(self, total: int, desc: str):
-        if self.mode == "tqdm":
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-        self.desc, self.total = desc, total
-
-    def update(self, i: int, loss: float | None):
-        if self.mode == "tqdm":
-            self.bar.update(1)
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        elif self.mode == "log" and loss is not None:
-            print(f"{self.desc} batch {i + 1}/{self.total} loss {loss:.4f}", flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def line(self, text: str):
-        if self.mode != "none":
-            print(text, flush=True)
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
-    except Exception:
-        return False
+           "TrainError", "Trainer", "run_with_outcome", "RunOutcome"]
 
 
 class _Interrupted(Exception):
@@ -221,6 +98,31 @@ class _Interrupted(Exception):
 
 
 # --------------------------------------------------------------------------- engine
+@dataclass
+class _StepRun:
+    """One training step in progress: its network, optimizer and position."""
+    step: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    #: what a checkpoint saves of the position: epochs done, batches done in the next one,
+    #: best validation top-1, seconds so far, running sums of a part-done epoch
+    state: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0, "best_top1": -1.0,
+                                                 "elapsed": 0.0, "partial": None})
+    best_state: dict | None = None   # the best epoch's weights (CPU), for the next step
+    train_model: nn.Module | None = None   # model, or its DDP / compiled wrapper
+    agc_params: list | None = None
+    recorder: object = None          # diagnostics.StatsRecorder with --track-stats
+    tensorboard: object = None       # SummaryWriter with --tensorboard
+    progress: Progress | None = None
+
+    def close(self):
+        for part in (self.progress, self.recorder, self.tensorboard):
+            if part is not None:
+                part.close()
+
+
 class Trainer:
     """One run: data, teacher, and the steps of the config. Use :func:`run`."""
 
@@ -248,7 +150,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- helpers
     def _ckpt(self, step: int, which: str) -> Path:
-        return self.run_dir / f"step{step}" / f"{which}.pth"
+        return checkpoint_path(self.run_dir, step, which)
 
     def _barrier(self):
         if self.world > 1:
@@ -272,9 +174,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- preparation
     def _started_steps(self) -> list[int]:
-        """Steps of this run that already hold a checkpoint (last or best)."""
-        return [s for s in self.steps
-                if self._ckpt(s, "last").exists() or self._ckpt(s, "best").exists()]
+        return started_steps(self.run_dir, self.steps)
 
     def _next_move(self) -> str:
         """How to go on after a failure: resume when this run holds checkpoints, else rerun."""
@@ -283,121 +183,9 @@ class Trainer:
         return "rerun"
 
     def preflight(self):
-        """Every check that needs no training, before the run directory is touched: the run
-        may start here, a resumed checkpoint is intact and fits the settings, step 2 has
-        step 1's weights, and the network takes these images at this batch size."""
-        cfg = self.cfg
-        started = self._started_steps()
-        if started and not cfg["resume"] and not cfg["overwrite"]:
-            raise TrainError(f"{self.run_dir} already holds step {started[0]} checkpoints; pass "
-                             "--resume to continue, --overwrite to start again, or another --name")
-        if cfg["resume"]:
-            self._plan_resume()
-        resumes_step2 = self.resume_plan is not None and self.resume_plan["step"] == 2
-        if self.steps == [2] and not resumes_step2:
-            self.step1_weights = self._step1_weights()
-        self._check_input_fits()
-
-    def _step1_weights(self) -> tuple[dict, str]:
-        """(state_dict, where) of the step-1 network a separate step-2 run starts from."""
-        cfg = self.cfg
-        wanted = Path(cfg["step1_checkpoint"] or self.run_dir / "step1" / "best.pth")
-        if not (wanted.is_file() or (wanted / "step1" / "best.pth").is_file()):
-            raise TrainError(f"step 2 needs step 1's weights: {wanted} not found; run step 1 "
-                             "first or pass --step1-checkpoint PATH")
-        source = find_checkpoint(wanted, prefer=("step1",))
-        ckpt = read_checkpoint(source)
-        self._check_classes(ckpt, source)
-        return ckpt["model"], str(source)
-
-    def _check_input_fits(self):
-        """The network takes the data's image size, and BatchNorm never sees a single value."""
-        from .models import BinaryNet  # lazily: the registry imports timm's model zoo
-
-        cfg = self.cfg
-        if cfg["model"].startswith("timm:"):
-            return  # arbitrary timm networks: their own errors at the first batch
-        folder = cfg["dataset"] in ("imagenet", "folder")
-        size = cfg["image_size"] if folder else 32
-        what = f"--image-size {size}" if folder else f"{cfg['dataset']} images ({size} px)"
-        local_batch = cfg["batch_size"] // self.world
-        with torch.device("meta"):  # shapes only: no memory, no weights initialised
-            model = build_model(cfg, binary_weights=(self.steps[0] == 2), num_classes=self.num_classes)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        if isinstance(model, BinaryNet):
-            try:
-                model.check_input_size(size)
-            except ValueError as exc:
-                raise TrainError(f"{what} does not fit {cfg['model']}: {exc}") from None
-            single_value = min(model.feature_map_sizes(size)) == 1 and local_batch == 1
-        else:  # float_cnn: a shape-only forward on the meta device
-            try:
-                model.train()(torch.empty(min(local_batch, 2), 3, size, size, device="meta"))
-                single_value = False
-            except ValueError as exc:
-                single_value = "more than 1 value per channel" in str(exc)
-                if not single_value:
-                    raise
-            except RuntimeError as exc:
-                raise TrainError(f"{what} does not fit {cfg['model']} "
-                                 f"({str(exc).splitlines()[0]}); use larger images") from None
-        if has_bn and single_value:
-            raise TrainError(
-                f"{cfg['model']} has BatchNorm layers that see a 1x1 map at {size} px, so a batch of 1 "
-                f"per process gives each a single value to normalise; use --batch-size {2 * self.world} "
-                f"or more (batch_size is global, over {self.world} process(es)), or larger images")
-
-    def _plan_resume(self):
-        """Read and check the checkpoint ``--resume`` continues from; writes nothing.
-
-        The checkpoint of the latest started step is loaded (earlier steps are finished),
-        must be intact, of this dataset, and trained with the requested settings up to
-        :data:`RESUME_ADJUSTABLE` and the run-only settings.
-        """
-        cfg = self.cfg
-        started = self._started_steps()
-        if not started:
-            raise TrainError(f"--resume: no step{self.steps[0]}/last.pth under {self.run_dir}; "
-                             "run without --resume to start")
-        step, which = started[-1], cfg["resume_from"]
-        path = self._ckpt(step, which)
-        try:
-            if not path.exists():
-                raise TrainError(f"--resume: {path} does not exist")
-            ckpt = read_checkpoint(path)
-        except TrainError as exc:
-            raise TrainError(f"{exc}; {self._fallback_hint(step, which)}") from None
-        self._check_classes(ckpt, path)
-        saved, current = ckpt["config"], _plain(self.cfg)
-        changed = [k for k in current
-                   if k in saved and k not in _RESUME_FREE and saved[k] != current[k]]
-        refused = [k for k in changed if k not in RESUME_ADJUSTABLE]
-        if refused:
-            was = ", ".join(f"{k} {saved[k]!r}" for k in refused[:3])
-            now = ", ".join(f"{k} {current[k]!r}" for k in refused[:3])
-            raise TrainError(f"--resume: {path} was trained with {was}, not {now}; a resume may change "
-                             f"only {' and '.join(RESUME_ADJUSTABLE)}: drop the other changes, or start "
-                             "afresh with --overwrite or another --name")
-        if cfg["epochs"] < ckpt["epoch"] or (cfg["epochs"] == ckpt["epoch"] and ckpt["batch_in_epoch"]):
-            raise TrainError(f"--resume: {path} is already past epoch {cfg['epochs']} of step {step}; "
-                             f"--epochs must be at least {ckpt['epoch'] + 1}")
-        self.resume_plan = {"step": step, "path": path, "ckpt": ckpt, "epoch": ckpt["epoch"],
-                            "changes": {k: (saved[k], current[k]) for k in changed}}
-
-    def _fallback_hint(self, step: int, which: str) -> str:
-        """The next-best intact checkpoint of a step, as the option that resumes from it."""
-        other = "best" if which == "last" else "last"
-        path = self._ckpt(step, other)
-        try:
-            ckpt = read_checkpoint(path) if path.exists() else None
-        except TrainError:
-            ckpt = None
-        if ckpt is None:
-            return (f"no intact step{step} checkpoint remains; start step {step} again with "
-                    "--overwrite (or another --name)")
-        kept = "; nothing is deleted (the damaged last.pth is kept as last.pth.old)" if other == "best" else ""
-        return (f"continue from the intact {path} (epoch {ckpt['epoch']}) with --resume --resume-from "
-                f"{other}{kept}")
+        """Checks that need no training, before the run directory changes (see :mod:`.preflight`)."""
+        self.resume_plan, self.step1_weights = preflight(self.cfg, self.run_dir, self.steps, self.world,
+                                                         self.num_classes)
 
     def prepare_run_dir(self):
         """Create or update the run directory (after :meth:`preflight` found nothing wrong).
@@ -410,7 +198,7 @@ class Trainer:
         if self.is_main:
             self.created_run_dir = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._remove_stale_temporaries()
+            remove_stale_temporaries(self.run_dir)
             if not cfg["resume"]:
                 if cfg["overwrite"]:
                     for s in self.steps:
@@ -418,18 +206,16 @@ class Trainer:
                     if self.steps[0] == 1:
                         (self.run_dir / "stats.csv").unlink(missing_ok=True)
                 # Rows of these steps without checkpoints are left by a failed run: drop them.
-                self._trim_summary(keep=lambda row: _summary_key(row)[0] not in self.steps)
+                trim_rows(self.run_dir / "summary.csv",
+                          lambda row: summary_key(row)[0] not in self.steps, self._write_advice())
                 steps = {str(s) for s in self.steps}
-                self._trim_csv(self.run_dir / "resume_changes.csv", RESUME_CHANGE_COLUMNS,
-                               lambda row: row.get("step") not in steps)
-                self._write_config()
+                trim_rows(self.run_dir / "resume_changes.csv", lambda row: row.get("step") not in steps,
+                          self._write_advice())
+                write_config(self.run_dir, cfg, self._write_advice())
         self._barrier()
 
-    def _write_config(self):
-        saved = {k: v for k, v in self.cfg.items() if k not in ("resume", "overwrite", "resume_from")}
-        text = yaml.safe_dump(_plain(saved), sort_keys=False)
-        write_atomically(self.run_dir / "config.yaml", lambda tmp: tmp.write_text(text),
-                          advice=f"free space and {self._next_move()}")
+    def _write_advice(self) -> str:
+        return f"free space and {self._next_move()}"
 
     def _before_resumed_writes(self):
         """Main process, before the resumed run writes its first row or checkpoint: drop the rows
@@ -439,8 +225,8 @@ class Trainer:
             return
         plan["prepared"] = True
         step, epoch = plan["step"], plan["epoch"]
-        self._trim_summary(lambda r: _summary_key(r)[0] < step
-                           or (_summary_key(r)[0] == step and _summary_key(r)[1] <= epoch))
+        trim_rows(self.run_dir / "summary.csv", lambda r: summary_key(r) <= (step, epoch),
+                  self._write_advice())
         last = self._ckpt(step, "last")
         if plan["path"] != last and last.exists():  # resumed from best.pth: keep, not lose, last.pth
             kept = last.with_name("last.pth.old")
@@ -458,79 +244,13 @@ class Trainer:
         if plan is None or plan.get("recorded") or not self.is_main:
             return
         plan["recorded"] = True
-        self._write_config()
+        write_config(self.run_dir, self.cfg, self._write_advice())
         if plan["changes"]:
             at_step, at_epoch, at_batch = plan["start"]
             rows = [{"step": at_step, "epoch": at_epoch, "batch": at_batch, "key": key,
                      "before": before, "after": after}
                     for key, (before, after) in plan["changes"].items()]
-            path = self.run_dir / "resume_changes.csv"
-            size = path.stat().st_size if path.exists() else 0
-            try:
-                with open(path, "a", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=RESUME_CHANGE_COLUMNS)
-                    if size == 0:
-                        writer.writeheader()
-                    writer.writerows(rows)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.truncate(path, size)
-                raise write_error(path, exc, 0, f"free space and {self._next_move()}") from None
-
-    def _remove_stale_temporaries(self):
-        """Temporary files of saves that a killed process (SIGKILL, power loss) left behind."""
-        for tmp in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob("step*/.*.tmp*")]:
-            pid = tmp.name.rsplit(".tmp", 1)[-1]
-            if not (pid.isdigit() and (int(pid) == os.getpid() or _process_alive(int(pid)))):
-                tmp.unlink(missing_ok=True)
-
-    def _remove_if_only_config(self):
-        """A run that failed before saving anything leaves no run directory behind."""
-        files = [f for f in self.run_dir.rglob("*") if not f.is_dir()]
-        if self.created_run_dir and [f.name for f in files] == ["config.yaml"]:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
-    def _trim_csv(self, path: Path, columns, keep):
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if keep(r)]
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-
-        write_atomically(path, write, advice=f"free space and {self._next_move()}")
-
-    def _trim_summary(self, keep):
-        self._trim_csv(self.run_dir / "summary.csv", SUMMARY_COLUMNS,
-                       lambda row: _summary_key(row) is not None and keep(row))
-
-    def _take_back_rows(self, size: int):
-        """Cut summary.csv back to ``size`` bytes (removed when that leaves it empty)."""
-        path = self.run_dir / "summary.csv"
-        with contextlib.suppress(OSError):
-            if size:
-                os.truncate(path, size)  # needs no free space, unlike a rewrite
-            else:
-                path.unlink()
-
-    def _append_summary(self, row: dict) -> int:
-        """Append one epoch's row; returns the file's previous size (to take the row back)."""
-        path = self.run_dir / "summary.csv"
-        size = path.stat().st_size if path.exists() else 0
-        try:
-            with open(path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-                if size == 0:
-                    writer.writeheader()
-                writer.writerow(row)
-        except OSError as exc:
-            self._take_back_rows(size)  # no torn row
-            raise write_error(path, exc, 0, f"free space and {self._next_move()}") from None
-        return size
+            append_rows(self.run_dir / "resume_changes.csv", rows, self._write_advice())
 
     def prepare_data(self):
         train, val, self.num_classes = build_datasets(self.cfg)
@@ -567,14 +287,31 @@ class Trainer:
             raise TrainError(f"{source} does not fit model {self.cfg['model']!r}: "
                              f"{str(exc).splitlines()[0]}; check --model/--width-mult") from None
 
-    def _check_classes(self, ckpt: dict, path: Path):
-        if ckpt.get("num_classes") != self.num_classes:
-            raise TrainError(f"checkpoint {path} has {ckpt.get('num_classes')} classes but the "
-                             f"dataset has {self.num_classes}; use a checkpoint of this dataset")
-
     # ---------------------------------------------------------------- one step
     def fit_step(self, step: int, init_state: dict | None) -> dict | None:
         """Train one step; returns the best model state (CPU) for the next step."""
+        plan = self.resume_plan
+        if plan is not None and step < plan["step"]:
+            return None  # finished before the resumed step began; that step needs no weights from it
+        run = self._build_step(step)
+        if plan is not None and step == plan["step"]:
+            finished = self._resume_step(run)
+            if finished is not None:
+                return finished
+        elif step == 2:
+            self._init_step2(run, init_state)
+        self._attach_step(run)
+        try:
+            while run.state["epoch"] < self.cfg["epochs"]:
+                self._fit_epoch(run)
+        finally:
+            run.close()
+        if run.best_state is None:  # resumed after the best epoch: read it back
+            run.best_state = read_checkpoint(self._ckpt(step, "best"))["model"]
+        return run.best_state
+
+    def _build_step(self, step: int) -> _StepRun:
+        """A fresh network, optimizer, scheduler and (fp16) scaler for ``step``, seeded."""
         cfg = self.cfg
         seed_everything(cfg["seed"] + self.rank)
         model = build_model(cfg, binary_weights=(step == 2), num_classes=self.num_classes)
@@ -583,136 +320,136 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         optimizer, scheduler = self._optimizer(model, step)
         scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
-        state = {"epoch": 0, "batch": 0, "best_top1": -1.0, "elapsed": 0.0, "partial": None}
-        best_state = None
+        return _StepRun(step, model, optimizer, scheduler, scaler)
 
-        plan = self.resume_plan
-        if plan is not None and step < plan["step"]:
-            return None  # finished before the resumed step began; that step needs no weights from it
-        if plan is not None and step == plan["step"]:
-            ckpt, source = plan["ckpt"], plan["path"]
-            plan["ckpt"] = None  # the step holds what it needs; free the copy
-            self._load_model_state(model, ckpt["model"], str(source))
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            if plan["changes"]:  # lr and epochs as now requested, from the resumed position on
-                scheduler.base_lrs = [cfg["lr"]] * len(optimizer.param_groups)
-                for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-                    group["initial_lr"] = cfg["lr"]
-                    group["lr"] = cfg["lr"] * factor(scheduler.last_epoch)
-            state.update(epoch=ckpt["epoch"], batch=ckpt["batch_in_epoch"], best_top1=ckpt["best_top1"],
-                         elapsed=ckpt["elapsed_s"], partial=ckpt.get("partial"))
-            self.last_good[step] = (source, state["epoch"], state["batch"])
-            plan["start"] = (step, state["epoch"], state["batch"])
-            set_rng_state(ckpt["rng"])
-            if state["epoch"] >= cfg["epochs"] and not state["batch"]:
-                best = self._ckpt(step, "best")
-                if source != self._ckpt(step, "last") and self.is_main:
-                    # best.pth is the final epoch: it stands in for a missing or damaged last.pth
-                    self._before_resumed_writes()
-                    write_atomically(self._ckpt(step, "last"), lambda tmp: shutil.copyfile(source, tmp),
-                                      source.stat().st_size, f"free space and {self._next_move()}")
-                    self._after_first_resumed_save()
-                return read_checkpoint(best)["model"] if best.exists() else ckpt["model"]
-            changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in plan["changes"].items())
-            self._log(f"[step {step}] resuming from {source} (epoch {state['epoch']}"
-                      + (f", batch {state['batch']}" if state["batch"] else "")
-                      + (f"; {changes}, recorded in resume_changes.csv)" if changes else ")"))
-        elif step == 2:
-            if plan is not None:
-                plan.setdefault("start", (step, 0, 0))  # resumed run: its changes start here
-            if init_state is None:
-                init_state, where = self.step1_weights
-            else:
-                where = "step 1's best weights"
-            self._load_model_state(model, init_state, where)
-            self._log(f"[step 2] initialised from {where}")
+    def _resume_step(self, run: _StepRun) -> dict | None:
+        """Continue ``run`` from the checkpoint of the resume plan; the best weights (CPU)
+        when that checkpoint already ends the step, else None."""
+        cfg, plan, step, state = self.cfg, self.resume_plan, run.step, run.state
+        ckpt, source = plan["ckpt"], plan["path"]
+        plan["ckpt"] = None  # the step holds what it needs; free the copy
+        self._load_model_state(run.model, ckpt["model"], str(source))
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.scaler is not None and ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+        if plan["changes"]:  # lr and epochs as now requested, from the resumed position on
+            run.scheduler.base_lrs = [cfg["lr"]] * len(run.optimizer.param_groups)
+            for group, factor in zip(run.optimizer.param_groups, run.scheduler.lr_lambdas):
+                group["initial_lr"] = cfg["lr"]
+                group["lr"] = cfg["lr"] * factor(run.scheduler.last_epoch)
+        state.update(epoch=ckpt["epoch"], batch=ckpt["batch_in_epoch"], best_top1=ckpt["best_top1"],
+                     elapsed=ckpt["elapsed_s"], partial=ckpt.get("partial"))
+        self.last_good[step] = (source, state["epoch"], state["batch"])
+        plan["start"] = (step, state["epoch"], state["batch"])
+        set_rng_state(ckpt["rng"])
+        if state["epoch"] >= cfg["epochs"] and not state["batch"]:
+            best = self._ckpt(step, "best")
+            if source != self._ckpt(step, "last") and self.is_main:
+                # best.pth is the final epoch: it stands in for a missing or damaged last.pth
+                self._before_resumed_writes()
+                write_atomically(self._ckpt(step, "last"), lambda tmp: shutil.copyfile(source, tmp),
+                                 source.stat().st_size, self._write_advice())
+                self._after_first_resumed_save()
+            return read_checkpoint(best)["model"] if best.exists() else ckpt["model"]
+        changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in plan["changes"].items())
+        self._log(f"[step {step}] resuming from {source} (epoch {state['epoch']}"
+                  + (f", batch {state['batch']}" if state["batch"] else "")
+                  + (f"; {changes}, recorded in resume_changes.csv)" if changes else ")"))
+        return None
 
-        self.current_model = model
-        train_model = model
+    def _init_step2(self, run: _StepRun, init_state: dict | None):
+        """Step 2 starts from step 1's best weights (of this run, or of --step1-checkpoint)."""
+        if self.resume_plan is not None:
+            self.resume_plan.setdefault("start", (2, 0, 0))  # resumed run: its changes start here
+        if init_state is None:
+            init_state, where = self.step1_weights
+        else:
+            where = "step 1's best weights"
+        self._load_model_state(run.model, init_state, where)
+        self._log(f"[step 2] initialised from {where}")
+
+    def _attach_step(self, run: _StepRun):
+        """What trains ``run.model`` (DDP, compile) and what watches it (stats, tensorboard, progress)."""
+        cfg = self.cfg
+        self.current_model = run.model
+        run.train_model = run.model
         if self.world > 1:
-            train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device_kind == "cuda" else None)
+            run.train_model = nn.parallel.DistributedDataParallel(
+                run.model, device_ids=[self.device.index] if self.device_kind == "cuda" else None)
         if cfg["compile"]:
-            train_model = torch.compile(train_model)
-
-        recorder = None
+            run.train_model = torch.compile(run.train_model)
         if cfg["track_stats"] and self.is_main:
             from .diagnostics import StatsRecorder  # lazily: diagnostics pulls in pandas
 
-            recorder = StatsRecorder(self.run_dir, every=cfg["stats_every"])
-        tb = self._tensorboard()
-        agc_params = parameters_except_classifier(model) if cfg["agc"] else None
-        progress = _Progress(cfg["progress"], self.is_main, cfg["log_every"])
-        try:
-            while state["epoch"] < cfg["epochs"]:
-                epoch = state["epoch"] + 1  # 1-based, as in summary.csv
-                if not state["batch"]:
-                    with warnings.catch_warnings():  # stepping before optimizer.step() is the recipe
-                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                        scheduler.step()  # published: the epoch's lr is set before it runs
-                lr = optimizer.param_groups[0]["lr"]
-                train = self._train_epoch(step, epoch, model, train_model, optimizer, scaler,
-                                          agc_params, recorder, progress, state, scheduler)
-                val = self.evaluate(model)
-                if not self._weights_finite(model) or not math.isfinite(val["loss"]):
-                    what = (f"weights became non-finite (validation loss {val['loss']:.4g})"
-                            if not self._weights_finite(model) else f"validation loss is {val['loss']}")
-                    raise TrainError(self._divergence_message(step, epoch, None, what))
-                state["elapsed"] += train["time"] + val["time"]
-                row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train["loss"],
-                       "train_top1": train["top1"], "train_top5": train["top5"],
-                       "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-                       "images_per_s": train["images"] / max(train["time"], 1e-9),
-                       "agc_clip_share": train["clip"], "elapsed_s": state["elapsed"]}
-                is_best = val["top1"] > state["best_top1"]
-                if is_best:
-                    state["best_top1"] = val["top1"]
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                state.update(epoch=epoch, batch=0, partial=None)
-                if self.is_main:
-                    self._before_resumed_writes()
-                    summary_size = self._append_summary(row)
-                    try:
-                        self._save(step, model, optimizer, scheduler, scaler, state, is_best)
-                    except BaseException:  # no row for an epoch without its checkpoint
-                        if self.last_good.get(step, (None, None, None))[1:] != (epoch, 0):
-                            self._take_back_rows(summary_size)
-                        raise
-                    if tb is not None:
-                        for key in SUMMARY_COLUMNS[2:]:
-                            tb.add_scalar(f"step{step}/{key}", row[key], epoch)
-                self._log(f"[step {step}] epoch {epoch}/{cfg['epochs']} lr {lr:.3g} "
-                          f"train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
-                          f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} "
-                          f"top5 {row['val_top5']:.2f} | {row['images_per_s']:.0f} img/s")
-                self._barrier()
-                if self.stop_agreed:  # the signal came in the epoch's last batch: saved above
-                    raise _Interrupted(self.stop_agreed)
-        finally:
-            progress.close()
-            if recorder is not None:
-                recorder.close()
-            if tb is not None:
-                tb.close()
-        if best_state is None:  # resumed after the best epoch: read it back
-            best_state = read_checkpoint(self._ckpt(step, "best"))["model"]
-        return best_state
+            run.recorder = StatsRecorder(self.run_dir, every=cfg["stats_every"])
+        run.tensorboard = self._tensorboard()
+        run.agc_params = parameters_except_classifier(run.model) if cfg["agc"] else None
+        run.progress = Progress(cfg["progress"], self.is_main, cfg["log_every"])
 
-    def _train_epoch(self, step, epoch, model, train_model, optimizer, scaler, agc_params, recorder,
-                     progress, state, scheduler) -> dict:
-        cfg = self.cfg
+    def _fit_epoch(self, run: _StepRun):
+        """Train and validate one epoch (or the rest of a resumed one), then record and save it."""
+        cfg, step, state = self.cfg, run.step, run.state
+        epoch = state["epoch"] + 1  # 1-based, as in summary.csv
+        if not state["batch"]:
+            with warnings.catch_warnings():  # stepping before optimizer.step() is the recipe
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                run.scheduler.step()  # published: the epoch's lr is set before it runs
+        lr = run.optimizer.param_groups[0]["lr"]
+        train = self._train_epoch(run, epoch)
+        val = self.evaluate(run.model)
+        if not self._weights_finite(run.model) or not math.isfinite(val["loss"]):
+            what = (f"weights became non-finite (validation loss {val['loss']:.4g})"
+                    if not self._weights_finite(run.model) else f"validation loss is {val['loss']}")
+            raise TrainError(self._divergence_message(step, epoch, None, what))
+        state["elapsed"] += train["time"] + val["time"]
+        row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train["loss"],
+               "train_top1": train["top1"], "train_top5": train["top5"],
+               "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+               "images_per_s": train["images"] / max(train["time"], 1e-9),
+               "agc_clip_share": train["clip"], "elapsed_s": state["elapsed"]}
+        is_best = val["top1"] > state["best_top1"]
+        if is_best:
+            state["best_top1"] = val["top1"]
+            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+        state.update(epoch=epoch, batch=0, partial=None)
+        if self.is_main:
+            self._record_epoch(run, row, is_best)
+        self._log(f"[step {step}] epoch {epoch}/{cfg['epochs']} lr {lr:.3g} "
+                  f"train loss {row['train_loss']:.4f} top1 {row['train_top1']:.2f} | "
+                  f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} "
+                  f"top5 {row['val_top5']:.2f} | {row['images_per_s']:.0f} img/s")
+        self._barrier()
+        if self.stop_agreed:  # the signal came in the epoch's last batch: saved above
+            raise _Interrupted(self.stop_agreed)
+
+    def _record_epoch(self, run: _StepRun, row: dict, is_best: bool):
+        """Main process: the epoch's summary row and its checkpoint, both or neither."""
+        self._before_resumed_writes()
+        summary = self.run_dir / "summary.csv"
+        summary_size = append_rows(summary, [row], self._write_advice())
+        try:
+            self._save(run, is_best)
+        except BaseException:  # no row for an epoch without its checkpoint
+            if self.last_good.get(run.step, (None, None, None))[1:] != (row["epoch"], 0):
+                take_back(summary, summary_size)
+            raise
+        if run.tensorboard is not None:
+            for key in SUMMARY_COLUMNS[2:]:
+                run.tensorboard.add_scalar(f"step{run.step}/{key}", row[key], row["epoch"])
+
+    def _train_epoch(self, run: _StepRun, epoch: int) -> dict:
+        """The training batches of one epoch, from ``run.state["batch"]`` on; the epoch's means."""
+        cfg, step, progress = self.cfg, run.step, run.progress
         loader = self.train_loader
-        start = state["batch"]
+        start = run.state["batch"]
         loader.set_epoch(epoch, start)
         batches = loader.sampler.num_batches()
         # Running sums: loss*n, top-1 hits, top-5 hits, images, clip-share sum, clipped batches, seconds.
-        sums = list(state["partial"]) if state["partial"] else [0.0] * 7
+        sums = list(run.state["partial"]) if run.state["partial"] else [0.0] * 7
         device_sums = torch.zeros(6, dtype=torch.float64, device=self.device)
         postfix_every = 10 if progress.mode == "tqdm" else cfg["log_every"]
-        train_model.train()
+        run.train_model.train()
         progress.start(batches, f"step {step} epoch {epoch}")
         if start and progress.bar is not None:
             progress.bar.update(start)
@@ -720,16 +457,17 @@ class Trainer:
         for i, (x, y) in enumerate(loader, start=start):
             x, y = self._to_device(x, y)
             iteration = (epoch - 1) * batches + i + 1
+            recorder = run.recorder
             before_update = (None if recorder is None else
-                             partial(recorder.before_optimizer_step, model, step, epoch, iteration))
+                             partial(recorder.before_optimizer_step, run.model, step, epoch, iteration))
             loss, logits, clip_share = training_step(
-                train_model, x, y, self.objective, optimizer, teacher=self.teacher, amp=cfg["amp"],
-                scaler=scaler, agc_params=agc_params, agc_clip_factor=cfg["agc_clip_factor"],
-                agc_eps=cfg["agc_eps"], before_update=before_update)
+                run.train_model, x, y, self.objective, run.optimizer, teacher=self.teacher,
+                amp=cfg["amp"], scaler=run.scaler, agc_params=run.agc_params,
+                agc_clip_factor=cfg["agc_clip_factor"], agc_eps=cfg["agc_eps"], before_update=before_update)
             if recorder is not None:
                 # The tensor, not a float: the recorder reads it only on recorded
                 # iterations, so other steps keep no host-device sync.
-                recorder.after_optimizer_step(model, step, epoch, iteration, clip_share)
+                recorder.after_optimizer_step(run.model, step, epoch, iteration, clip_share)
             with torch.no_grad():
                 hit1, hit5 = topk_hits(logits, y, 5)
                 device_sums[0] += loss.detach().double() * y.numel()
@@ -743,28 +481,34 @@ class Trainer:
             progress.update(i, loss.detach().item() if done % postfix_every == 0 else None)
             if self.on_batch_end is not None:
                 self.on_batch_end(self, step, epoch, done)
-            flags = [float(self.stop_signal or 0), 0.0]
-            if done % self.check_every == 0 or done == batches:
-                flags[1] = 0.0 if math.isfinite(float(device_sums[0])) else 1.0
-                if self.world > 1:  # every process must agree to stop at the same batch
-                    flags = self._all_reduce(flags, dist.ReduceOp.MAX)
-            elif self.world > 1:
-                flags[0] = 0.0  # a signal waits for the next agreed batch (no per-batch sync)
-            if flags[1]:
-                raise TrainError(self._divergence_message(step, epoch, done, "loss became non-finite"))
-            if flags[0]:
-                self.stop_agreed = int(flags[0])
-                if done < batches:  # mid-epoch: save the position; the epoch end saves itself
-                    sums = self._merge(sums, device_sums, time.perf_counter() - t0)
-                    state.update(batch=done, partial=sums)
-                    if self.is_main:
-                        self._save(step, model, optimizer, scheduler, scaler, state, False)
-                    raise _Interrupted(self.stop_agreed)
+            if self._stop_agreed(step, epoch, done, batches, device_sums) and done < batches:
+                # mid-epoch: save the position; the epoch end saves itself
+                sums = self._merge(sums, device_sums, time.perf_counter() - t0)
+                run.state.update(batch=done, partial=sums)
+                if self.is_main:
+                    self._save(run, False)
+                raise _Interrupted(self.stop_agreed)
         progress.close()
         sums = self._merge(sums, device_sums, time.perf_counter() - t0)
         loss_sum, hit1, hit5, images, clip_sum, clip_n, seconds = sums
         return {"loss": loss_sum / images, "top1": 100 * hit1 / images, "top5": 100 * hit5 / images,
                 "images": images, "clip": clip_sum / clip_n if clip_n else math.nan, "time": seconds}
+
+    def _stop_agreed(self, step: int, epoch: int, done: int, batches: int, device_sums) -> bool:
+        """After batch ``done``: raise on a non-finite loss; whether all processes agree to
+        stop on a signal. Checked every ``check_every`` batches (each check syncs the device)."""
+        flags = [float(self.stop_signal or 0), 0.0]
+        if done % self.check_every == 0 or done == batches:
+            flags[1] = 0.0 if math.isfinite(float(device_sums[0])) else 1.0
+            if self.world > 1:  # every process must agree to stop at the same batch
+                flags = self._all_reduce(flags, dist.ReduceOp.MAX)
+        elif self.world > 1:
+            flags[0] = 0.0  # a signal waits for the next agreed batch (no per-batch sync)
+        if flags[1]:
+            raise TrainError(self._divergence_message(step, epoch, done, "loss became non-finite"))
+        if flags[0]:
+            self.stop_agreed = int(flags[0])
+        return bool(flags[0])
 
     def _merge(self, sums, device_sums, seconds):
         """Carried totals plus this segment's sums over all processes."""
@@ -809,19 +553,20 @@ class Trainer:
         at = f"step {step}, epoch {epoch}" + (f", batch {batch}" if batch else " (its end)")
         return f"{what} in {at}; stopped, nothing of it saved. Last good checkpoint: {where}; {hint}"
 
-    def _save(self, step, model, optimizer, scheduler, scaler, state, is_best):
+    def _save(self, run: _StepRun, is_best: bool):
+        step, model, state = run.step, run.model, run.state
         if not self._weights_finite(model):  # never let a diverged state replace a good checkpoint
             epoch = state["epoch"] + (1 if state["batch"] else 0)
             raise TrainError(self._divergence_message(step, epoch, state["batch"] or None,
                                                       "weights became non-finite"))
         self._before_resumed_writes()
-        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
+        ckpt = {"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "scaler": run.scaler.state_dict() if run.scaler is not None else None,
                 "epoch": state["epoch"], "batch_in_epoch": state["batch"],
                 "partial": state["partial"], "best_top1": state["best_top1"],
                 "elapsed_s": state["elapsed"], "rng": rng_state(), "step": step,
-                "num_classes": self.num_classes, "config": _plain(self.cfg)}
+                "num_classes": self.num_classes, "config": plain(self.cfg)}
         folder = self.run_dir / f"step{step}"
         folder.mkdir(parents=True, exist_ok=True)
         advice = f"free space (or fix {folder}) and {self._next_move()}"
@@ -856,51 +601,22 @@ class Trainer:
                 best = self.fit_step(step, best)
         except BaseException:
             if self.is_main:
-                self._remove_if_only_config()
+                if self.created_run_dir:
+                    remove_if_only_config(self.run_dir)
             raise
         return self.run_dir
 
 
-@contextlib.contextmanager
-def _signals_save(trainer: Trainer):
-    """SIGTERM/SIGINT ask the trainer to stop after the current batch (main thread only)."""
-    previous = {}
-    handler = lambda signum, frame: trainer.request_stop(signum)  # noqa: E731
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: leave the defaults
-            pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+class RunOutcome(NamedTuple):
+    """What a run leaves its caller: where it wrote, whether a signal stopped it, and
+    whether this process is the one that reports (rank 0)."""
+    run_dir: Path
+    interrupted: int | None
+    is_main: bool
 
 
-@contextlib.contextmanager
-def _determinism(cfg: dict):
-    previous = torch.are_deterministic_algorithms_enabled()
-    bench = torch.backends.cudnn.benchmark
-    if cfg["deterministic"]:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not cfg["deterministic"]
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.backends.cudnn.benchmark = bench
-
-
-def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
-    """Train as the CLI does; returns the run directory.
-
-    ``config``: a YAML path or a dict; ``overrides``: a dict or CLI-style list;
-    keyword arguments are further overrides (``run(cfg, epochs=2, step="2")``).
-    ``on_batch_end(trainer, step, epoch, batch)`` is called after every batch.
-    An interrupted run (SIGTERM/SIGINT) saves ``last.pth`` and returns.
-    """
+def run_with_outcome(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> RunOutcome:
+    """Train as the CLI does (see :func:`run`); returns a :class:`RunOutcome`."""
     if isinstance(overrides, (list, tuple)):
         overrides = parse_cli_overrides(list(overrides))
     cfg = load_config(config, {**(overrides or {}), **kwargs})
@@ -913,7 +629,7 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
         torch.set_num_threads(threads_before)
         raise
     try:
-        with _determinism(cfg), _signals_save(trainer):
+        with determinism(cfg), stop_on_signals(trainer.request_stop):
             trainer.fit()
     except _Interrupted as stop:
         trainer._log(f"interrupted by signal {stop.signum}: saved {trainer.run_dir}/step*/last.pth; "
@@ -923,36 +639,18 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
         torch.set_num_threads(threads_before)  # a notebook kernel keeps its own setting
         if trainer.created_group and dist.is_initialized():
             dist.destroy_process_group()
-    run.last_trainer = trainer
-    return trainer.run_dir
+    return RunOutcome(trainer.run_dir, trainer.interrupted, trainer.is_main)
 
 
-def finished_run(run_dir: str | Path, cfg: dict) -> bool:
-    """Whether ``run_dir`` holds a complete run of the resolved config ``cfg``.
+def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
+    """Train as the CLI does; returns the run directory.
 
-    Complete: the saved ``config.yaml`` equals ``cfg`` up to :data:`_DRIVING_KEYS`,
-    ``summary.csv`` has every epoch of every step, the last step has ``best.pth``, and
-    no resume changed a setting of these steps (``resume_changes.csv``) on the way.
+    ``config``: a YAML path or a dict; ``overrides``: a dict or CLI-style list;
+    keyword arguments are further overrides (``run(cfg, epochs=2, step="2")``).
+    ``on_batch_end(trainer, step, epoch, batch)`` is called after every batch.
+    An interrupted run (SIGTERM/SIGINT) saves ``last.pth`` and returns.
     """
-    run_dir = Path(run_dir)
-    try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        with open(run_dir / "summary.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        changes = []
-        if (run_dir / "resume_changes.csv").exists():
-            with open(run_dir / "resume_changes.csv", newline="") as f:
-                changes = list(csv.DictReader(f))
-    except (OSError, yaml.YAMLError):
-        return False
-    wanted = {k: v for k, v in _plain(cfg).items() if k not in _DRIVING_KEYS}
-    same = (isinstance(saved, dict)
-            and {k: v for k, v in saved.items() if k not in _DRIVING_KEYS} == wanted)
-    steps = steps_of(cfg)
-    epochs = {(int(r["step"]), int(r["epoch"])) for r in rows if r.get("step") and r.get("epoch")}
-    complete = epochs == {(s, e) for s in steps for e in range(1, cfg["epochs"] + 1)}
-    as_configured = not any(row.get("step") in {str(s) for s in steps} for row in changes)
-    return same and complete and as_configured and (run_dir / f"step{steps[-1]}" / "best.pth").is_file()
+    return run_with_outcome(config, overrides, on_batch_end=on_batch_end, **kwargs).run_dir
 
 
 def run_or_load(config=None, overrides=None, **kwargs) -> Path:
@@ -999,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
             rest.append(argv[i])
             i += 1
     try:
-        run_dir = run(config, rest)
+        outcome = run_with_outcome(config, rest)
     except TrainError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
         return 2
@@ -1008,10 +706,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot access{where}: {exc.strerror or exc}; fix that and rerun (add --resume "
               "to continue a run that saved checkpoints)", file=sys.stderr, flush=True)
         return 2
-    interrupted = getattr(run.last_trainer, "interrupted", None)
-    if run.last_trainer.is_main:
-        print(f"run directory: {run_dir}", flush=True)
-    return 128 + interrupted if interrupted else 0
+    if outcome.is_main:
+        print(f"run directory: {outcome.run_dir}", flush=True)
+    return 128 + outcome.interrupted if outcome.interrupted else 0
 
 
 if __name__ == "__main__":
