@@ -27,7 +27,7 @@ from .config import (CorruptCheckpointError, TrainError, checkpoint_damage, chec
                      is_float_model)
 
 __all__ = ["build_model", "is_float_model", "model_from_checkpoint", "load_trained", "find_checkpoint",
-           "read_checkpoint", "load_weights_only", "strip_data_parallel_prefix", "atomic_save",
+           "read_checkpoint", "load_weights_only", "load_model_state", "strip_data_parallel_prefix", "atomic_save",
            "write_atomically", "write_error", "rng_state", "set_rng_state"]
 
 
@@ -110,6 +110,15 @@ def strip_data_parallel_prefix(state: dict) -> dict:
     state = dict(state)
     consume_prefix_in_state_dict_if_present(state, "module.")
     return state
+
+
+def load_model_state(model: nn.Module, state: dict, source: str, model_name: str) -> None:
+    """``model.load_state_dict(state)``, or one line naming ``source`` when it does not fit."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainError(f"{source} does not fit model {model_name!r}: "
+                         f"{str(exc).splitlines()[0]}; check --model/--width-mult") from None
 
 
 def model_from_checkpoint(ckpt: dict, binary_weights: bool | None = None) -> nn.Module:

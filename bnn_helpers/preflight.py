@@ -1,19 +1,22 @@
 """Checks before a run touches its run directory: may it start there, is the checkpoint a
 ``--resume`` continues from intact and trained with these settings, does step 2 have step
-1's weights, and does the network take these images at this batch size. Reads only.
+1's weights, and does the network take these images at this batch size. Reads only; the
+:class:`ResumePlan` it returns does the resumed run's bookkeeping when it writes.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .checkpoints import build_model, find_checkpoint, read_checkpoint
+from .checkpoints import build_model, find_checkpoint, load_model_state, read_checkpoint, set_rng_state
 from .config import TrainError
-from .run_dir import DRIVING_KEYS, plain
+from .run_dir import DRIVING_KEYS, append_rows, plain, summary_key, trim_rows, write_config
 
-__all__ = ["RESUME_ADJUSTABLE", "RESUME_FREE", "preflight", "plan_resume", "fallback_hint",
+__all__ = ["RESUME_ADJUSTABLE", "RESUME_FREE", "ResumePlan", "preflight", "plan_resume", "fallback_hint",
            "step1_weights", "check_input_fits", "check_classes", "started_steps", "checkpoint_path"]
 
 #: the settings ``--resume`` may change: applied from the resumed position on and recorded
@@ -23,6 +26,70 @@ RESUME_FREE = DRIVING_KEYS + (
     "step", "device", "workers", "pin_memory", "data_dir", "download", "compile", "channels_last",
     "deterministic", "eval_batch_size", "tensorboard", "track_stats", "stats_every",
     "step1_checkpoint", "teacher_checkpoint")
+
+
+@dataclass
+class ResumePlan:
+    """The checkpoint ``--resume`` continues from, checked, and what the resumed run owes
+    its run directory: rows and ``last.pth`` it replaces go before its first write,
+    ``config.yaml`` and ``resume_changes.csv`` follow its first checkpoint."""
+    step: int
+    path: Path
+    ckpt: dict | None
+    epoch: int
+    changes: dict                        # key -> (before, after), settings the resume changes
+    start: tuple | None = None           # (step, epoch, batch) where the changes take effect
+    _done: set = field(default_factory=set)
+
+    def restore(self, run, lr: float, model_name: str) -> dict:
+        """Load the checkpoint into a step's model, optimizer, scheduler, scaler, position and
+        RNGs (a new ``lr`` from the resumed position on); returns the checkpoint."""
+        ckpt, self.ckpt = self.ckpt, None  # the step holds what it needs; free the copy
+        load_model_state(run.model, ckpt["model"], str(self.path), model_name)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.scaler is not None and ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+        if self.changes:  # lr and epochs as now requested, from the resumed position on
+            run.scheduler.base_lrs = [lr] * len(run.optimizer.param_groups)
+            for group, factor in zip(run.optimizer.param_groups, run.scheduler.lr_lambdas):
+                group["initial_lr"] = lr
+                group["lr"] = lr * factor(run.scheduler.last_epoch)
+        run.state.update(epoch=ckpt["epoch"], batch=ckpt["batch_in_epoch"], best_top1=ckpt["best_top1"],
+                         elapsed=ckpt["elapsed_s"], partial=ckpt.get("partial"))
+        self.start = (self.step, run.state["epoch"], run.state["batch"])
+        set_rng_state(ckpt["rng"])
+        return ckpt
+
+    def before_first_write(self, run_dir: Path, advice: str, log) -> None:
+        """Drop the summary rows the resumed run replaces; keep a replaced last.pth as last.pth.old."""
+        if "before" in self._done:
+            return
+        self._done.add("before")
+        step, epoch = self.step, self.epoch
+        trim_rows(run_dir / "summary.csv", lambda r: summary_key(r) <= (step, epoch), advice)
+        last = checkpoint_path(run_dir, step, "last")
+        if self.path != last and last.exists():  # resumed from best.pth: keep, not lose, last.pth
+            kept = last.with_name("last.pth.old")
+            for n in range(1, 1000):
+                if not kept.exists():
+                    break
+                kept = last.with_name(f"last.pth.old{n}")
+            os.replace(last, kept)
+            log(f"[step {step}] {last} replaced by the run resumed from {self.path}; kept as {kept}")
+
+    def after_first_save(self, run_dir: Path, cfg: dict, advice: str) -> None:
+        """config.yaml and resume_changes.csv now describe what the checkpoints hold."""
+        if "after" in self._done:
+            return
+        self._done.add("after")
+        write_config(run_dir, cfg, advice)
+        if self.changes:
+            at_step, at_epoch, at_batch = self.start
+            rows = [{"step": at_step, "epoch": at_epoch, "batch": at_batch, "key": key,
+                     "before": before, "after": after}
+                    for key, (before, after) in self.changes.items()]
+            append_rows(run_dir / "resume_changes.csv", rows, advice)
 
 
 def checkpoint_path(run_dir: Path, step: int, which: str) -> Path:
@@ -56,7 +123,7 @@ def preflight(cfg: dict, run_dir: Path, steps: list[int], world: int, num_classe
                          "--resume to continue, --overwrite to start again, or another --name")
     plan = plan_resume(cfg, run_dir, steps, num_classes) if cfg["resume"] else None
     weights = None
-    if steps == [2] and not (plan is not None and plan["step"] == 2):
+    if steps == [2] and not (plan is not None and plan.step == 2):
         weights = step1_weights(cfg, run_dir, num_classes)
     check_input_fits(cfg, steps[0], world, num_classes)
     return plan, weights
@@ -108,7 +175,7 @@ def check_input_fits(cfg: dict, first_step: int, world: int, num_classes: int):
             f"per process gives each a single value to normalise; use --batch-size {2 * world} "
             f"or more (batch_size is global, over {world} process(es)), or larger images")
 
-def plan_resume(cfg: dict, run_dir: Path, steps: list[int], num_classes: int) -> dict:
+def plan_resume(cfg: dict, run_dir: Path, steps: list[int], num_classes: int) -> ResumePlan:
     """Read and check the checkpoint ``--resume`` continues from; writes nothing.
 
     The checkpoint of the latest started step is loaded (earlier steps are finished),
@@ -141,8 +208,7 @@ def plan_resume(cfg: dict, run_dir: Path, steps: list[int], num_classes: int) ->
     if cfg["epochs"] < ckpt["epoch"] or (cfg["epochs"] == ckpt["epoch"] and ckpt["batch_in_epoch"]):
         raise TrainError(f"--resume: {path} is already past epoch {cfg['epochs']} of step {step}; "
                          f"--epochs must be at least {ckpt['epoch'] + 1}")
-    return {"step": step, "path": path, "ckpt": ckpt, "epoch": ckpt["epoch"],
-            "changes": {k: (saved[k], current[k]) for k in changed}}
+    return ResumePlan(step, path, ckpt, ckpt["epoch"], {k: (saved[k], current[k]) for k in changed})
 
 def fallback_hint(run_dir: Path, step: int, which: str) -> str:
     """The next-best intact checkpoint of a step, as the option that resumes from it."""

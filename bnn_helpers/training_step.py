@@ -13,6 +13,7 @@ step.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn as nn
 
 from .agc import clip_gradients_
 
-__all__ = ["StepOutput", "autocast", "make_optimizer", "training_step", "topk_hits"]
+__all__ = ["StepOutput", "autocast", "make_optimizer", "make_scheduler", "training_step", "topk_hits"]
 
 
 class StepOutput(NamedTuple):
@@ -49,6 +50,19 @@ def make_optimizer(model: nn.Module, name: str = "adam", lr: float = 5e-4, weigh
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}; valid: adam, sgd")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int):
+    """Per-epoch learning-rate factor: ``published`` (stepped before each epoch, so epoch e of
+    E runs at ``1 - e/E``), ``linear`` (``1 - (e-1)/E``) or ``constant``."""
+    if schedule == "published" and epochs == 1:
+        warnings.warn("lr_schedule 'published' with epochs=1 trains at lr 0 (the rate is "
+                      "lowered before each epoch); use --lr-schedule linear for short runs",
+                      stacklevel=3)
+    factor = {"published": lambda e: 1.0 - e / epochs,       # stepped before epoch e = 1..E
+              "linear": lambda e: 1.0 - (e - 1) / epochs,    # e = 1..E -> 1 .. 1/E
+              "constant": lambda e: 1.0}[schedule]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(factor(e), 0.0))
 
 
 def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, objective: nn.Module,
