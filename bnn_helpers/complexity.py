@@ -341,7 +341,7 @@ def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFra
         stem = dict.fromkeys(OP_KINDS, 0)
         stem["bops"] = 0
         stem["real_macs"] = e_conv * c0 * conv.kernel_size[0] * conv.kernel_size[1]
-        if model.norm == "bn":
+        if model.norm_mode == "bn":
             stem["shift"] = e_conv
             stem["scale"] = 0 if stage == "folded" else e_conv
         stem["pooling"] = 8 * cs * hs * ws if isinstance(model.stem.pool, nn.MaxPool2d) else 0
@@ -349,7 +349,7 @@ def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFra
         for i, block in enumerate(model.blocks):
             shape_in, shape_out = shapes[f"blocks.{i}"]
             rows.append({"part": f"block{i + 1}", "stage": stage,
-                         **_block_ops(block, shape_in, shape_out, model.norm, stage == "folded")})
+                         **_block_ops(block, shape_in, shape_out, model.norm_mode, stage == "folded")})
         c, h, w = shapes[f"blocks.{len(model.blocks) - 1}"][1]
         fc = model.get_classifier()
         head = dict.fromkeys(OP_KINDS, 0)
@@ -358,5 +358,5 @@ def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFra
         rows.append({"part": "head", "stage": stage, **head})
     df = pd.DataFrame(rows, columns=["part", "stage", "bops", *OP_KINDS])
     df["real_ops"] = df[list(OP_KINDS)].sum(axis=1)
-    df.insert(0, "norm", model.norm)
+    df.insert(0, "norm", model.norm_mode)
     return df

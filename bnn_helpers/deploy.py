@@ -215,7 +215,7 @@ def _model_config(model) -> dict:
         arch, extra = "reactnet_18", {"stem": model.stem_kind}
     else:
         raise ValueError(f"pack supports ReActNetA and ReActNet18 models, got {type(model).__name__}")
-    return {"arch": arch, "norm": model.norm, "num_classes": model.num_classes,
+    return {"arch": arch, "norm": model.norm_mode, "num_classes": model.num_classes,
             "width_mult": model.width_mult, "in_chans": model.in_chans,
             "alpha": model.alpha, "beta_schedule": model.beta_schedule, **extra}
 

@@ -63,7 +63,7 @@ def model_a(request):
 
 @pytest.fixture
 def packed_a(model_a):
-    return _packed_a(model_a.norm)
+    return _packed_a(model_a.norm_mode)
 
 
 @pytest.fixture
