@@ -23,11 +23,10 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from .config import (CorruptCheckpointError, TrainError, checkpoint_damage, checkpoint_load_error,
-                     is_float_model)
+from .config import CorruptCheckpointError, TrainError, checkpoint_damage, checkpoint_load_error
 
-__all__ = ["build_model", "is_float_model", "model_from_checkpoint", "load_trained", "find_checkpoint",
-           "read_checkpoint", "load_weights_only", "load_model_state", "strip_data_parallel_prefix", "atomic_save",
+__all__ = ["build_model", "model_from_checkpoint", "load_trained", "find_checkpoint", "read_checkpoint",
+           "load_weights_only", "load_model_state", "strip_data_parallel_prefix", "atomic_save",
            "write_atomically", "write_error", "rng_state", "set_rng_state"]
 
 

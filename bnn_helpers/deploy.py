@@ -98,8 +98,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import bitconv_native as _native
+# Re-exported: notebook 08 uses deploy.pack_bits, deploy.packed_conv2d, deploy.PackedActivation.
 from .bitkernels import (WORD_BITS, PackedActivation, check_word_bits, pack_bits, packed_conv2d,  # noqa: F401
-                         popcount, unpack_bits)  # re-exported: notebook 08 uses deploy.pack_bits, deploy.packed_conv2d
+                         popcount, unpack_bits)
 from .packed_layers import (Packer, PackedBinaryConv2d, PackedHead, PackedRPReLU, PackedSign,  # noqa: F401
                             PackedStem, PackedWeightConv2d, exact_sign_thresholds)
 from .models import create_model

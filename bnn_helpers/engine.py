@@ -30,6 +30,7 @@ from .progress import Progress
 from .run_dir import (SUMMARY_COLUMNS, append_rows, plain, remove_if_only_config, remove_stale_temporaries,
                       summary_key, take_back, trim_rows, write_config)
 from .runtime import resolve_device, seed_everything, setup_distributed
+from .sign_stats import StatsRecorder
 from .teacher import load_teacher
 from .training_step import autocast, make_optimizer, make_scheduler, topk_hits, training_step
 
@@ -58,7 +59,7 @@ class _StepRun:
     best_state: dict | None = None   # the best epoch's weights (CPU), for the next step
     train_model: nn.Module | None = None   # model, or its DDP / compiled wrapper
     agc_params: list | None = None
-    recorder: object = None          # diagnostics.StatsRecorder with --track-stats
+    recorder: StatsRecorder | None = None   # with --track-stats
     tensorboard: object = None       # SummaryWriter with --tensorboard
     progress: Progress | None = None
 
@@ -269,8 +270,6 @@ class Trainer:
         if cfg["compile"]:
             run.train_model = torch.compile(run.train_model)
         if cfg["track_stats"] and self.is_main:
-            from .diagnostics import StatsRecorder  # lazily: diagnostics pulls in pandas
-
             run.recorder = StatsRecorder(self.run_dir, every=cfg["stats_every"])
         run.tensorboard = self._tensorboard()
         run.agc_params = parameters_except_classifier(run.model) if cfg["agc"] else None

@@ -139,8 +139,8 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, tiny_run):
 def test_run_or_load_trains_once_then_reuses_and_retrains_on_new_settings(tmp_path, tiny_run):
     from bnn_helpers.train import finished_run, run_or_load
 
-    common = dict(tiny_run, dataset="digits", model="reactnet_a_bf", step="both", epochs=1, max_train_batches=1,
-                  eval_batch_size=360, run_dir=str(tmp_path / "cached"))
+    common = dict(tiny_run, dataset="digits", model="reactnet_a_bf", step="both", epochs=1,
+                  max_train_batches=1, eval_batch_size=360, run_dir=str(tmp_path / "cached"))
     run_dir = run_or_load(None, **common)
     best = run_dir / "step2" / "best.pth"
     stamp = best.stat().st_mtime_ns

@@ -113,7 +113,8 @@ def test_config_file_of_random_bytes(tmp_path, capsys):
     (225, "gets an odd 113x113 map, which its conv and pooling shortcut halve differently "
           "(56 vs 57); its smallest input is 31 px, the nearest sizes that fit are 224 and 255"),
 ])
-def test_image_size_is_checked_before_the_run_dir_is_made(tmp_path, capsys, size, expected, make_image_folder):
+def test_image_size_is_checked_before_the_run_dir_is_made(tmp_path, capsys, size, expected,
+                                                          make_image_folder):
     data = make_image_folder(tmp_path / "data")
     assert cli(tmp_path, "--dataset", "folder", "--data-dir", str(data), "--image-size", str(size),
                "--augment", "false", "--batch-size", "8") == 2
