@@ -23,8 +23,8 @@ What runs natively (``csrc/bitconv.cpp``, plain C ABI loaded with :mod:`ctypes`)
   RPReLU, sign, the 1x1 convs, RPReLU) on channels-last floats: one call per
   block instead of ~20 PyTorch ops, which is what matters for small inputs.
 
-It is built on first use with the machine's C++ compiler (``$CXX``, else
-``c++``, ``g++`` or ``clang++``) in a few seconds (6 s on a busy 2-core VM) into a cache folder
+It is built on first use (:mod:`bnn_helpers.bitconv_build`) with the machine's
+C++ compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``) in a few seconds (6 s on a busy 2-core VM) into a cache folder
 (``$BNN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/bnn_helpers/native``, else
 ``~/.cache/bnn_helpers/native``) under a key of the source, flags, compiler and
 platform; later processes just load it. It is compiled without
@@ -43,31 +43,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import math
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import threading
-import time
 import warnings
 import weakref
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from . import bitconv_build as native_build
 from .bitkernels import PackedActivation
 
 __all__ = ["NativeKernelWarning", "build", "available", "info", "mode", "use_reference",
            "use_native", "pack_signs", "conv2d", "block_a", "run_blocks", "runs_natively", "kernel_profile"]
 
-SOURCE = Path(__file__).with_name("csrc") / "bitconv.cpp"
-FLAGS = ("-O3", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
-         "-fvisibility=hidden")
-ABI_VERSION = 1
 ENV = "BNN_NATIVE"
 
 _lock = threading.Lock()
@@ -77,107 +68,6 @@ _state = {"lib": None, "error": None, "noticed": False, "path": None, "build_s":
 
 class NativeKernelWarning(UserWarning):
     """The native kernel could not be built or loaded; the reference is used instead."""
-
-
-# ------------------------------------------------------------------ building
-def _cache_dir() -> Path:
-    if os.environ.get("BNN_NATIVE_CACHE"):
-        return Path(os.environ["BNN_NATIVE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bnn_helpers" / "native"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        path = shutil.which(name) if name else None
-        if path:
-            return path
-    return None
-
-
-def _library_path(compiler: str) -> Path:
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), repr(FLAGS).encode(), os.path.realpath(compiler).encode(),
-                 platform.machine().encode(), sys.platform.encode(), str(ABI_VERSION).encode()):
-        key.update(part)
-        key.update(b"\0")
-    return _cache_dir() / f"bitconv-{key.hexdigest()[:16]}" / "libbitconv.so"
-
-
-def _compile(compiler: str, target: Path) -> float:
-    """Compile the source into ``target`` (atomically); returns the seconds it took."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)],
-                              capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise RuntimeError(f"running {compiler} failed: {err}") from None
-    if proc.returncode != 0:
-        log = target.with_name("build.log")
-        log.write_text(proc.stdout + proc.stderr)
-        first = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
-                     proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else "no output")
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{os.path.basename(compiler)} failed: {first.strip()[:160]} "
-                           f"(log: {log})")
-    os.replace(tmp, target)  # atomic: a concurrent build just replaces an identical file
-    return time.perf_counter() - t0
-
-
-class _BlockA(ctypes.Structure):
-    """Mirror of ``struct BlockA`` in csrc/bitconv.cpp."""
-    _fields_ = [("C", ctypes.c_int64), ("Cout", ctypes.c_int64), ("stride", ctypes.c_int64),
-                ("Wd", ctypes.c_int64), ("lower1", ctypes.c_void_p), ("upper1", ctypes.c_void_p),
-                ("w3", ctypes.c_void_p), ("zw3", ctypes.c_void_p), ("nzw3", ctypes.c_int64),
-                ("scale1", ctypes.c_void_p), ("pool_scale", ctypes.c_float),
-                ("unused", ctypes.c_float), ("shift_in1", ctypes.c_void_p),
-                ("slope1", ctypes.c_void_p), ("shift_out1", ctypes.c_void_p),
-                ("lower2", ctypes.c_void_p), ("upper2", ctypes.c_void_p), ("w1", ctypes.c_void_p),
-                ("zw1", ctypes.c_void_p), ("nzw1", ctypes.c_int64), ("scale2", ctypes.c_void_p),
-                ("shift_in2", ctypes.c_void_p), ("slope2", ctypes.c_void_p),
-                ("shift_out2", ctypes.c_void_p)]
-
-
-def _load_library(path: Path):
-    lib = ctypes.CDLL(str(path))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.bnn_abi_version.restype = ctypes.c_int
-    lib.bnn_uses_popcnt.restype = ctypes.c_int
-    lib.bnn_block_a_size.restype = ctypes.c_int
-    lib.bnn_profile.argtypes = [ctypes.c_int]
-    lib.bnn_profile.restype = None
-    lib.bnn_profile_read.argtypes = [ctypes.POINTER(ctypes.c_double)]
-    lib.bnn_profile_read.restype = None
-    lib.bnn_pack_signs.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
-    lib.bnn_pack_signs.restype = None
-    lib.bnn_conv.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, i64, i64, ptr, i64,
-                             ptr, i64, i64, i64]
-    lib.bnn_conv.restype = None
-    lib.bnn_block_a.argtypes = [ctypes.POINTER(_BlockA), ptr, i64, i64, i64, ptr, ptr, ptr]
-    lib.bnn_block_a.restype = None
-    if lib.bnn_abi_version() != ABI_VERSION or lib.bnn_block_a_size() != ctypes.sizeof(_BlockA):
-        raise RuntimeError(f"{path} does not match this bnn_helpers (ABI/struct mismatch)")
-    return lib
-
-
-def _build_and_load():
-    """Compile if not cached, load; returns ``(lib, path, build seconds or None)``."""
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++ / clang++)")
-    path = _library_path(compiler)
-    build_s = None
-    if not path.is_file():
-        build_s = _compile(compiler, path)
-    try:
-        return _load_library(path), path, build_s
-    except OSError as err:  # e.g. a truncated file: rebuild once
-        if build_s is not None:
-            raise RuntimeError(f"cannot load {path}: {err}") from None
-        build_s = _compile(compiler, path)
-        return _load_library(path), path, build_s
 
 
 def _reset() -> None:
@@ -193,14 +83,14 @@ def build(force: bool = False):
     """
     with _lock:
         if force:
-            compiler = _compiler()
+            compiler = native_build.find_compiler()
             if compiler is None:
                 raise RuntimeError("no C++ compiler found (set CXX, or install g++ / clang++)")
-            path = _library_path(compiler)
-            _state["build_s"] = _compile(compiler, path)
-            _state.update(lib=_load_library(path), path=path, error=None)
+            path = native_build.library_path(compiler)
+            _state["build_s"] = native_build.compile_library(compiler, path)
+            _state.update(lib=native_build.load_library(path), path=path, error=None)
         elif _state["lib"] is None:
-            lib, path, build_s = _build_and_load()
+            lib, path, build_s = native_build.build_and_load()
             _state.update(lib=lib, path=path, build_s=build_s, error=None)
     return info()
 
@@ -211,7 +101,7 @@ def _try_load():
     with _lock:
         if _state["lib"] is None and _state["error"] is None:
             try:
-                lib, path, build_s = _build_and_load()
+                lib, path, build_s = native_build.build_and_load()
                 _state.update(lib=lib, path=path, build_s=build_s)
             except Exception as err:  # noqa: BLE001 -- any failure means: use the reference
                 _state["error"] = " ".join(str(err).split()) or type(err).__name__
@@ -425,7 +315,7 @@ class _PlanA:
         self.c, self.cout, self.stride = c, cout, block.stride
         self.modules = list(block.modules())  # for the hook check of run_blocks
         fields = {k: v.data_ptr() for k, v in self.keep.items()}
-        self.struct = _BlockA(C=c, Cout=cout, stride=block.stride, Wd=wd,
+        self.struct = native_build.BlockA(C=c, Cout=cout, stride=block.stride, Wd=wd,
                               nzw3=self.keep["zw3"].shape[0], nzw1=self.keep["zw1"].shape[0],
                               pool_scale=float(block.pool_scale), unused=0.0, **fields)
         self.ref = ctypes.byref(self.struct)
