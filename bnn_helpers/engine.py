@@ -70,7 +70,7 @@ class _StepRun:
 
 
 class Trainer:
-    """One run: data, teacher, and the steps of the config. Use :func:`run`."""
+    """One run: data, teacher, and the steps of the config. Use :func:`bnn_helpers.train.run`."""
 
     def __init__(self, cfg: dict, on_batch_end=None):
         self.cfg = cfg
