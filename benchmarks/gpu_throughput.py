@@ -21,17 +21,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bnn_helpers import create_model
+from bnn_helpers.agc import parameters_except_classifier
 from bnn_helpers.binarize import use_reference
+from bnn_helpers.config import DEFAULTS
+from bnn_helpers.losses import Objective
+from bnn_helpers.training_step import make_optimizer, training_step
 
 SETTINGS = (
     # name, reference composition, bf16 autocast, channels_last, compile
@@ -48,21 +50,20 @@ def run_setting(name, reference, bf16, channels_last, compile_model, args, devic
                          width_mult=args.width).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model, DEFAULTS["optimizer"], 1e-4, DEFAULTS["weight_decay_step2"],
+                               DEFAULTS["momentum"])
+    objective = Objective("ce")
+    agc_params = parameters_except_classifier(model) if DEFAULTS["agc"] else None
     x = torch.randn(args.batch, 3, args.resolution, args.resolution, device=device)
     x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, args.classes, (args.batch,), device=device)
     forward = (torch.compile(model, backend=args.compile_backend) if compile_model else model)
 
-    def step():
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
-                    else contextlib.nullcontext())
+    def step():  # the engine's training step (cross-entropy, AGC and Adam as the defaults set them)
         with use_reference(reference):
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = F.cross_entropy(forward(x), y)
-            loss.backward()
-            optimizer.step()
+            training_step(forward, x, y, objective, optimizer, amp="bf16" if bf16 else "none",
+                          agc_params=agc_params, agc_clip_factor=DEFAULTS["agc_clip_factor"],
+                          agc_eps=DEFAULTS["agc_eps"])
 
     def sync():
         if device.type == "cuda":

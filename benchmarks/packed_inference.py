@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from bnn_helpers import bitconv_native, create_model
 from bnn_helpers.deploy import pack
+from bnn_helpers.latency import latency_table
 
 SHAPES = {  # name: width, resolution, batch, classes
     "w0.25-32px-b1": (0.25, 32, 1, 10),
@@ -121,7 +122,7 @@ def run_shape(name, spec, args) -> dict:
     model = make_model(width, classes)
     images = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(1))
     packed = pack(model, args.word_bits)
-    rows = bitconv_native.latency_table(model, images, packed, word_bits=args.word_bits,
+    rows = latency_table(model, images, packed, word_bits=args.word_bits,
                                         reps=args.reps, warmup=args.warmup,
                                         threads=args.threads, clock=args.clock)
     totals = {r["path"]: r["ms"] for r in rows if r["part"] == "total"}

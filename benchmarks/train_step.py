@@ -2,7 +2,9 @@
 
 Three measurements, all in one run so their ratios share the same machine state:
 
-1. Training step (zero_grad, forward, cross-entropy, backward, Adam step) for
+1. Training step (the engine's own ``bnn_helpers.training_step.training_step``:
+   forward, cross-entropy, zero_grad, backward, AGC, Adam with the recipe's
+   parameter groups, all as the config defaults set them) for
    every variant (bn / none / bf x step 1 / step 2) at two shapes:
    32x32 input, batch 32, 10 classes and 224x224, batch 8, 1000 classes.
    The package and the composition (``bnn_helpers.binarize.use_reference``)
@@ -42,11 +44,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from bnn_helpers import create_model
+from bnn_helpers.agc import parameters_except_classifier
 from bnn_helpers.binarize import use_reference
+from bnn_helpers.config import DEFAULTS
 from bnn_helpers.layers import is_binary_conv
+from bnn_helpers.losses import Objective
+from bnn_helpers.training_step import make_optimizer, training_step
 
 SHAPES = {
     "32px": dict(resolution=32, batch=32, classes=10),
@@ -141,7 +146,8 @@ def build(variant: str, step_of: int, shape: dict, width: float, device, seed: i
     torch.manual_seed(seed)
     model = create_model(f"reactnet_a_{variant}", binary_weights=step_of == 2,
                          num_classes=shape["classes"], width_mult=width).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model, DEFAULTS["optimizer"], 1e-4,
+                               DEFAULTS[f"weight_decay_step{step_of}"], DEFAULTS["momentum"])
     res = shape["resolution"]
     x = torch.randn(shape["batch"], 3, res, res, device=device)
     y = torch.randint(0, shape["classes"], (shape["batch"],), device=device)
@@ -149,11 +155,14 @@ def build(variant: str, step_of: int, shape: dict, width: float, device, seed: i
 
 
 def make_train_step(model, optimizer, x, y, impl: str):
+    """The engine's training step with the default recipe (cross-entropy, AGC as configured)."""
+    objective = Objective("ce")
+    agc_params = parameters_except_classifier(model) if DEFAULTS["agc"] else None
+
     def step():
         with use_reference(impl == "composition"):
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
+            training_step(model, x, y, objective, optimizer, agc_params=agc_params,
+                          agc_clip_factor=DEFAULTS["agc_clip_factor"], agc_eps=DEFAULTS["agc_eps"])
     return step
 
 

@@ -8,8 +8,11 @@ Companion package of the tutorial series in ``notebooks/``; see README.md.
     command = bnn_helpers.launch("configs/imagenet/reactnet_a_bf.yaml", nproc=8, dry_run=True)
 
 Submodules: ``binarize``, ``layers``, ``models``, ``complexity``, ``convert``,
-``data``, ``losses``, ``agc``, ``train``, ``launch``, ``diagnostics``,
-``plotting``, ``figures``, ``deploy``, ``paths``.
+``data``, ``losses``, ``teacher``, ``agc``, ``training_step``, ``checkpoints``,
+``train`` (entry points) with ``engine``, ``preflight``, ``run_dir``, ``runtime``,
+``progress``; ``launch``, ``diagnostics``, ``hooks``, ``plotting``, ``figures``,
+``deploy`` with ``packed_layers``, ``bitkernels``, ``bitconv_native``, ``latency``;
+``paths``, ``results``.
 """
 from . import binarize, layers, models, paths  # noqa: F401  (light, always needed)
 from .launch import launch

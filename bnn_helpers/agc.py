@@ -14,7 +14,17 @@ import torch.nn as nn
 from timm.utils import adaptive_clip_grad
 from timm.utils.agc import unitwise_norm
 
-__all__ = ["clip_gradients", "clip_gradients_", "parameters_except_classifier"]
+__all__ = ["clip_gradients", "clip_gradients_", "clipped_units", "parameters_except_classifier"]
+
+
+def clipped_units(p: torch.Tensor, clip_factor: float = 0.02, eps: float = 1e-3) -> torch.Tensor:
+    """Bool per unit of ``p``: whether AGC clips its gradient now.
+
+    timm's rule: a unit keeps its gradient only while
+    ``|g_unit| < clip_factor * max(|w_unit|, eps)``.
+    """
+    max_norm = unitwise_norm(p.detach().float()).clamp(min=eps).mul_(clip_factor)
+    return ~(unitwise_norm(p.grad.detach().float()) < max_norm)
 
 
 @torch.no_grad()
@@ -24,13 +34,9 @@ def clip_gradients_(parameters: Iterable[torch.Tensor], clip_factor: float = 0.0
     params = [p for p in parameters if p.grad is not None]
     if not params:
         return torch.zeros(())
-    clipped, units = [], 0
-    for p in params:
-        # Same test as timm applies below; counted before the gradients change.
-        max_norm = unitwise_norm(p.detach()).clamp(min=eps).mul_(clip_factor)
-        grad_norm = unitwise_norm(p.grad.detach())
-        clipped.append((grad_norm >= max_norm).sum())
-        units += grad_norm.numel()
+    # Counted before timm changes the gradients below.
+    flags = [clipped_units(p, clip_factor, eps) for p in params]
+    clipped, units = [f.sum() for f in flags], sum(f.numel() for f in flags)
     adaptive_clip_grad(params, clip_factor=clip_factor, eps=eps)
     return torch.stack(clipped).sum().float() / units
 

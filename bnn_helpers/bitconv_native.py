@@ -11,7 +11,7 @@ order, so in practice the same bits too). ::
     bitconv_native.info()                   # available?, POPCNT used?, library path, build seconds
     with bitconv_native.use_reference():    # force the pure-PyTorch reference
         logits = packed(images)
-    rows = bitconv_native.latency_table(model, images)   # float vs reference vs native, ms
+    rows = bnn_helpers.latency.latency_table(model, images)   # float vs reference vs native, ms
 
 What runs natively (``csrc/bitconv.cpp``, plain C ABI loaded with :mod:`ctypes`)
 ------------------------------------------------------------------------------
@@ -23,8 +23,8 @@ What runs natively (``csrc/bitconv.cpp``, plain C ABI loaded with :mod:`ctypes`)
   RPReLU, sign, the 1x1 convs, RPReLU) on channels-last floats: one call per
   block instead of ~20 PyTorch ops, which is what matters for small inputs.
 
-It is built on first use with the machine's C++ compiler (``$CXX``, else
-``c++``, ``g++`` or ``clang++``) in a few seconds (6 s on a busy 2-core VM) into a cache folder
+It is built on first use (:mod:`bnn_helpers.bitconv_build`) with the machine's
+C++ compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``) in a few seconds (6 s on a busy 2-core VM) into a cache folder
 (``$BNN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/bnn_helpers/native``, else
 ``~/.cache/bnn_helpers/native``) under a key of the source, flags, compiler and
 platform; later processes just load it. It is compiled without
@@ -43,30 +43,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import math
 import os
-import platform
-import shutil
-import statistics
-import subprocess
 import sys
 import threading
-import time
 import warnings
 import weakref
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NativeKernelWarning", "build", "available", "info", "mode", "use_reference",
-           "use_native", "pack_signs", "conv2d", "block_a", "run_blocks", "latency_table"]
+from . import bitconv_build as native_build
+from .bitkernels import PackedActivation
 
-SOURCE = Path(__file__).with_name("csrc") / "bitconv.cpp"
-FLAGS = ("-O3", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
-         "-fvisibility=hidden")
-ABI_VERSION = 1
+__all__ = ["NativeKernelWarning", "build", "available", "info", "mode", "use_reference",
+           "use_native", "pack_signs", "conv2d", "block_a", "run_blocks", "runs_natively", "kernel_profile"]
+
 ENV = "BNN_NATIVE"
 
 _lock = threading.Lock()
@@ -76,107 +68,6 @@ _state = {"lib": None, "error": None, "noticed": False, "path": None, "build_s":
 
 class NativeKernelWarning(UserWarning):
     """The native kernel could not be built or loaded; the reference is used instead."""
-
-
-# ------------------------------------------------------------------ building
-def _cache_dir() -> Path:
-    if os.environ.get("BNN_NATIVE_CACHE"):
-        return Path(os.environ["BNN_NATIVE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bnn_helpers" / "native"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        path = shutil.which(name) if name else None
-        if path:
-            return path
-    return None
-
-
-def _library_path(compiler: str) -> Path:
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), repr(FLAGS).encode(), os.path.realpath(compiler).encode(),
-                 platform.machine().encode(), sys.platform.encode(), str(ABI_VERSION).encode()):
-        key.update(part)
-        key.update(b"\0")
-    return _cache_dir() / f"bitconv-{key.hexdigest()[:16]}" / "libbitconv.so"
-
-
-def _compile(compiler: str, target: Path) -> float:
-    """Compile the source into ``target`` (atomically); returns the seconds it took."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)],
-                              capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise RuntimeError(f"running {compiler} failed: {err}") from None
-    if proc.returncode != 0:
-        log = target.with_name("build.log")
-        log.write_text(proc.stdout + proc.stderr)
-        first = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
-                     proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else "no output")
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{os.path.basename(compiler)} failed: {first.strip()[:160]} "
-                           f"(log: {log})")
-    os.replace(tmp, target)  # atomic: a concurrent build just replaces an identical file
-    return time.perf_counter() - t0
-
-
-class _BlockA(ctypes.Structure):
-    """Mirror of ``struct BlockA`` in csrc/bitconv.cpp."""
-    _fields_ = [("C", ctypes.c_int64), ("Cout", ctypes.c_int64), ("stride", ctypes.c_int64),
-                ("Wd", ctypes.c_int64), ("lower1", ctypes.c_void_p), ("upper1", ctypes.c_void_p),
-                ("w3", ctypes.c_void_p), ("zw3", ctypes.c_void_p), ("nzw3", ctypes.c_int64),
-                ("scale1", ctypes.c_void_p), ("pool_scale", ctypes.c_float),
-                ("unused", ctypes.c_float), ("shift_in1", ctypes.c_void_p),
-                ("slope1", ctypes.c_void_p), ("shift_out1", ctypes.c_void_p),
-                ("lower2", ctypes.c_void_p), ("upper2", ctypes.c_void_p), ("w1", ctypes.c_void_p),
-                ("zw1", ctypes.c_void_p), ("nzw1", ctypes.c_int64), ("scale2", ctypes.c_void_p),
-                ("shift_in2", ctypes.c_void_p), ("slope2", ctypes.c_void_p),
-                ("shift_out2", ctypes.c_void_p)]
-
-
-def _load_library(path: Path):
-    lib = ctypes.CDLL(str(path))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.bnn_abi_version.restype = ctypes.c_int
-    lib.bnn_uses_popcnt.restype = ctypes.c_int
-    lib.bnn_block_a_size.restype = ctypes.c_int
-    lib.bnn_profile.argtypes = [ctypes.c_int]
-    lib.bnn_profile.restype = None
-    lib.bnn_profile_read.argtypes = [ctypes.POINTER(ctypes.c_double)]
-    lib.bnn_profile_read.restype = None
-    lib.bnn_pack_signs.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
-    lib.bnn_pack_signs.restype = None
-    lib.bnn_conv.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, i64, i64, ptr, i64,
-                             ptr, i64, i64, i64]
-    lib.bnn_conv.restype = None
-    lib.bnn_block_a.argtypes = [ctypes.POINTER(_BlockA), ptr, i64, i64, i64, ptr, ptr, ptr]
-    lib.bnn_block_a.restype = None
-    if lib.bnn_abi_version() != ABI_VERSION or lib.bnn_block_a_size() != ctypes.sizeof(_BlockA):
-        raise RuntimeError(f"{path} does not match this bnn_helpers (ABI/struct mismatch)")
-    return lib
-
-
-def _build_and_load():
-    """Compile if not cached, load; returns ``(lib, path, build seconds or None)``."""
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX, or install g++ / clang++)")
-    path = _library_path(compiler)
-    build_s = None
-    if not path.is_file():
-        build_s = _compile(compiler, path)
-    try:
-        return _load_library(path), path, build_s
-    except OSError as err:  # e.g. a truncated file: rebuild once
-        if build_s is not None:
-            raise RuntimeError(f"cannot load {path}: {err}") from None
-        build_s = _compile(compiler, path)
-        return _load_library(path), path, build_s
 
 
 def _reset() -> None:
@@ -192,14 +83,14 @@ def build(force: bool = False):
     """
     with _lock:
         if force:
-            compiler = _compiler()
+            compiler = native_build.find_compiler()
             if compiler is None:
                 raise RuntimeError("no C++ compiler found (set CXX, or install g++ / clang++)")
-            path = _library_path(compiler)
-            _state["build_s"] = _compile(compiler, path)
-            _state.update(lib=_load_library(path), path=path, error=None)
+            path = native_build.library_path(compiler)
+            _state["build_s"] = native_build.compile_library(compiler, path)
+            _state.update(lib=native_build.load_library(path), path=path, error=None)
         elif _state["lib"] is None:
-            lib, path, build_s = _build_and_load()
+            lib, path, build_s = native_build.build_and_load()
             _state.update(lib=lib, path=path, build_s=build_s, error=None)
     return info()
 
@@ -210,7 +101,7 @@ def _try_load():
     with _lock:
         if _state["lib"] is None and _state["error"] is None:
             try:
-                lib, path, build_s = _build_and_load()
+                lib, path, build_s = native_build.build_and_load()
                 _state.update(lib=lib, path=path, build_s=build_s)
             except Exception as err:  # noqa: BLE001 -- any failure means: use the reference
                 _state["error"] = " ".join(str(err).split()) or type(err).__name__
@@ -297,6 +188,11 @@ def _lib_for(x: torch.Tensor, dtype=torch.float32):
     return lib
 
 
+def runs_natively(x: torch.Tensor) -> bool:
+    """Whether a packed network given ``x`` would run the native kernels (warns once if not)."""
+    return _lib_for(x) is not None
+
+
 # ------------------------------------------------------------------ layers
 _CACHE = weakref.WeakKeyDictionary()  # module -> {name: (sources, versions, value)}
 
@@ -339,8 +235,6 @@ def pack_signs(sign_module, x: torch.Tensor):
     lib = _lib_for(x)
     if lib is None or x.dim() != 4:
         return None
-    from .deploy import PackedActivation
-
     n, c, h, w = x.shape
     lower, upper = sign_module.lower, sign_module.upper
     if lower.numel() != c or lower.dtype != torch.float32 or upper.dtype != torch.float32:
@@ -421,7 +315,7 @@ class _PlanA:
         self.c, self.cout, self.stride = c, cout, block.stride
         self.modules = list(block.modules())  # for the hook check of run_blocks
         fields = {k: v.data_ptr() for k, v in self.keep.items()}
-        self.struct = _BlockA(C=c, Cout=cout, stride=block.stride, Wd=wd,
+        self.struct = native_build.BlockA(C=c, Cout=cout, stride=block.stride, Wd=wd,
                               nzw3=self.keep["zw3"].shape[0], nzw1=self.keep["zw1"].shape[0],
                               pool_scale=float(block.pool_scale), unused=0.0, **fields)
         self.ref = ctypes.byref(self.struct)
@@ -487,10 +381,8 @@ def run_blocks(blocks, x: torch.Tensor):
     forward hook (or a global one is set), None is returned and the blocks run
     module by module (their signs and convs still natively), so the hooks fire.
     """
-    from .deploy import PackedBlockA
-
     lib = _lib_for(x)
-    if lib is None or x.dim() != 4 or not all(isinstance(b, PackedBlockA) for b in blocks):
+    if lib is None or x.dim() != 4:
         return None
     try:
         plans = [_plan_a(b) for b in blocks]
@@ -506,136 +398,28 @@ def run_blocks(blocks, x: torch.Tensor):
     return h.permute(0, 3, 1, 2).contiguous()
 
 
-# ------------------------------------------------------------------ measurements
-def _median_ms(samples):
-    return 1e3 * statistics.median(samples)
-
-
-@torch.no_grad()
-def _reference_breakdown(packed, images, clock):
-    """Seconds in PackedSign, in PackedBinaryConv2d (integer conv + scale) and the rest."""
-    from .deploy import PackedBinaryConv2d, PackedSign, PackedWeightConv2d
-
-    spent = {"pack signs": 0.0, "popcount conv": 0.0}
-    starts, handles = {}, []
-    for m in packed.modules():
-        kind = ("pack signs" if isinstance(m, PackedSign) else
-                "popcount conv" if isinstance(m, PackedBinaryConv2d)
-                and not isinstance(m, PackedWeightConv2d) else None)
-        if kind is None:
-            continue
-        handles.append(m.register_forward_pre_hook(
-            lambda mod, inp: starts.__setitem__(id(mod), clock())))
-        handles.append(m.register_forward_hook(
-            lambda mod, inp, out, k=kind: spent.__setitem__(k, spent[k] + clock() - starts[id(mod)])))
-    try:
-        with use_reference():
-            t0 = clock()
-            packed(images)
-            total = clock() - t0
-    finally:
-        for h in handles:
-            h.remove()
-    return {**spent, "real-valued ops, layout, Python": total - sum(spent.values()),
-            "total": total}
-
-
-@torch.no_grad()
-def _native_breakdown(packed, images, clock):
+@contextlib.contextmanager
+def kernel_profile():
+    """The kernels' own time counters over the block: yields a dict that, on exit, holds
+    seconds spent packing signs, in popcount loops and in the fused real-valued epilogue."""
     lib = _state["lib"]
+    if lib is None:
+        raise RuntimeError("the native kernels are not loaded; call build() first")
+    spent = {}
     lib.bnn_profile(1)
     try:
-        with use_native():
-            t0 = clock()
-            packed(images)
-            total = clock() - t0
+        yield spent
         ns = (ctypes.c_double * 3)()
         lib.bnn_profile_read(ns)
+        spent.update(pack_signs=ns[0] * 1e-9, popcount=ns[1] * 1e-9, epilogue=ns[2] * 1e-9)
     finally:
         lib.bnn_profile(0)
-    from .deploy import PackedBlockA
-
-    fused = all(isinstance(b, PackedBlockA) for b in getattr(packed, "blocks", ()))
-    parts = {"pack signs": ns[0] * 1e-9, "popcount conv": ns[1] * 1e-9,
-             "real-valued ops (fused)" if fused else "storing conv results": ns[2] * 1e-9}
-    return {**parts, "stem, head, layout, Python": total - sum(parts.values()), "total": total}
 
 
-def latency_table(model, images: torch.Tensor, packed=None, word_bits: int = 64, reps: int = 5,
-                  warmup: int = 1, threads: int = 1, clock: str = "thread",
-                  breakdown: bool = True) -> list:
-    """Time the float model, the packed reference and the packed native kernels.
+def __getattr__(name):
+    # Old home of latency_table, until notebook 08 imports it from bnn_helpers.latency.
+    if name == "latency_table":
+        from .latency import latency_table
 
-    ``model``: a step-2 ReActNet-A / ReActNet-18 in eval mode (the float
-    simulation, run under ``torch.inference_mode``); ``packed``: its packed form
-    (default ``deploy.pack(model, word_bits)``). The three run alternately,
-    ``reps`` times after ``warmup`` rounds, with ``threads`` torch threads;
-    ``clock="thread"`` measures this thread's CPU time (``time.thread_time``,
-    barely disturbed by other programs on a shared machine; with one thread it is
-    the whole cost), ``"wall"`` wall-clock. Medians.
-
-    Returns a list of dicts ``{"path", "part", "ms", "ms_per_image", "batch"}``:
-    ``part="total"`` for the three paths, and with ``breakdown`` one extra
-    profiled run of each packed path (wall-clock), ``part="profiled ..."``:
-    ``pack signs``, ``popcount conv`` and the rest — for the reference the time
-    inside ``PackedSign`` / ``PackedBinaryConv2d`` modules (forward hooks), for
-    the native path the kernel's own counters (sign packing, popcount loops, the
-    fused real-valued epilogue) — plus ``profiled total``. Put it in
-    ``pandas.DataFrame(rows)``. Without a native kernel, its rows are missing and
-    the one-line warning says why.
-    """
-    from .deploy import pack
-
-    clocks = {"thread": time.thread_time, "wall": time.perf_counter}
-    if clock not in clocks:
-        raise ValueError(f"clock must be 'thread' or 'wall', got {clock!r}")
-    tick = clocks[clock]
-    if packed is None:
-        packed = pack(model, word_bits)
-    was_training = model.training
-    model.eval()
-    batch = images.shape[0]
-
-    def run_float():
-        with torch.inference_mode():
-            model(images)
-
-    def run_reference():
-        with torch.no_grad(), use_reference():
-            packed(images)
-
-    def run_native():
-        with torch.no_grad(), use_native():
-            packed(images)
-
-    paths = {"float": run_float, "reference": run_reference}
-    with torch.no_grad():
-        if mode() != "off" and _lib_for(images.float()) is not None:
-            paths["native"] = run_native
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rows = []
-    try:
-        samples = {name: [] for name in paths}
-        for i in range(warmup + reps):
-            for name, fn in paths.items():
-                t0 = tick()
-                fn()
-                if i >= warmup:
-                    samples[name].append(tick() - t0)
-        for name, s in samples.items():
-            ms = _median_ms(s)
-            rows.append({"path": name, "part": "total", "ms": ms, "ms_per_image": ms / batch,
-                         "batch": batch})
-        if breakdown:
-            parts = {"reference": _reference_breakdown(packed, images, time.perf_counter)}
-            if "native" in paths:
-                parts["native"] = _native_breakdown(packed, images, time.perf_counter)
-            for name, split in parts.items():
-                for part, sec in split.items():
-                    rows.append({"path": name, "part": f"profiled {part}", "ms": sec * 1e3,
-                                 "ms_per_image": sec * 1e3 / batch, "batch": batch})
-    finally:
-        torch.set_num_threads(saved_threads)
-        model.train(was_training)
-    return rows
+        return latency_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

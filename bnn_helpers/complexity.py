@@ -36,6 +36,10 @@ Usage::
     df = complexity_table(model, 224)      # one row per block + "total"
     print(format_table(df))
     print_summary(model, 224)
+
+:func:`inference_op_table` counts, per block, the real-valued operations a step-2
+network does at inference before and after :func:`bnn_helpers.deploy.pack` folds
+its constants.
 """
 from __future__ import annotations
 
@@ -46,10 +50,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from .hooks import eval_mode, removing_hooks
 from .layers import is_binary_conv
+from .models.reactnet_18 import ReActNet18
+from .models.reactnet_a import ReActBlockA, ReActNetA
 
 __all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity",
-           "format_table", "print_summary", "COST_COLUMNS"]
+           "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "OP_KINDS"]
 
 BITS_PER_REAL = 32
 _COUNTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -140,21 +147,13 @@ def _measure(model: nn.Module, input_size):
         else:
             row.flops += _mult_adds(module, output)
 
-    handles = [module.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
-               for name, module in model.named_modules()]
-    was_training = model.training
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn((1, *shape), generator=generator).to(device)
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0)).to(device)
+    with removing_hooks() as handles, eval_mode(model), torch.no_grad():
+        handles += [module.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
+                    for name, module in model.named_modules()]
+        model(x)
     for name, row in rows.items():
         row.out_shape = shapes.get(name, ())
     return rows, shapes
@@ -244,4 +243,120 @@ def print_summary(model: nn.Module, input_size, by: str = "block") -> pd.DataFra
           f"size {t['size_bits'] / 8e6:.2f} MB; "
           f"BOPs {t['bops'] / 1e9:.2f}e9, FLOPs {t['flops'] / 1e8:.2f}e8, "
           f"OPs {t['ops'] / 1e8:.2f}e8")
+    return df
+
+
+# --------------------------------------------------------------------------
+# what packed inference leaves (see bnn_helpers.deploy)
+# --------------------------------------------------------------------------
+OP_KINDS = ("scale", "shift", "sign", "prelu", "residual_add", "pooling", "real_macs")
+
+
+def _record_shapes(model, input_size):
+    """(input, output) shape of the stem and of every block, per image."""
+    shapes = {}
+    parts = [("stem", model.stem)] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
+    with removing_hooks() as handles, eval_mode(model), torch.no_grad():
+        handles += [m.register_forward_hook(
+            lambda mod, inp, out, key=name: shapes.__setitem__(key, (tuple(inp[0].shape[1:]),
+                                                                     tuple(out.shape[1:]))))
+            for name, m in parts]
+        model(torch.zeros(1, *input_size))
+    return shapes
+
+
+def _block_ops(block, shape_in, shape_out, norm: str, folded: bool) -> dict:
+    """Real ops and BOPs of one block, per image (see :func:`inference_op_table`)."""
+    bn = norm == "bn" and not folded
+    ops = dict.fromkeys(OP_KINDS, 0)
+    c_in, h_in, w_in = shape_in
+    c_out, h_out, w_out = shape_out
+    e_in, e_out, px_out = c_in * h_in * w_in, c_out * h_out * w_out, h_out * w_out
+    if isinstance(block, ReActBlockA):
+        e_mid = c_in * px_out
+        conv_outs = e_mid + e_out                       # conv3x3 outputs + all 1x1 outputs
+        ops["bops"] = c_in * c_in * 9 * px_out + len(block.conv1x1) * c_in * c_in * px_out
+        ops["sign"] = e_in + e_mid
+        ops["prelu"] = e_mid + e_out
+        ops["residual_add"] = e_mid + e_out
+        ops["pooling"] = 4 * e_mid if block.stride == 2 else 0
+        ops["shift"] = 2 * (e_mid + e_out) + (0 if folded else e_in + e_mid)
+        if folded:
+            ops["scale"] = conv_outs
+        else:
+            ops["scale"] = (conv_outs * (1 + (block.alpha != 1.0))
+                            + e_in * (block.beta1 != 1.0) + e_mid * (block.beta2 != 1.0))
+        if bn:
+            ops["scale"] += conv_outs
+            ops["shift"] += conv_outs
+    else:
+        ops["bops"] = c_in * c_out * 9 * px_out
+        ops["sign"] = e_in
+        ops["prelu"] = ops["residual_add"] = e_out
+        sc = block.has_shortcut_conv
+        ops["real_macs"] = c_in * c_out * px_out if sc else 0     # ±1 weights: additions
+        ops["pooling"] = 4 * c_in * px_out if sc and block.stride != 1 else 0
+        ops["shift"] = 2 * e_out + (0 if folded else e_in)
+        beta_mul = block.beta != 1.0
+        if folded:
+            ops["scale"] = e_out * (1 + sc) + e_in * (beta_mul and not sc)
+        else:
+            ops["scale"] = e_out * (1 + (block.alpha != 1.0) + sc) + e_in * beta_mul
+        if bn:
+            ops["scale"] += e_out * (1 + sc)
+            ops["shift"] += e_out * (1 + sc)
+    return ops
+
+
+def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFrame:
+    """Binary ops and real-valued operations left at inference, per block, per image.
+
+    One row per (part, stage): ``stage="float"`` counts what the float
+    simulation does around each binary conv (beta multiplies, RSign biases,
+    the weight magnitude and alpha as separate multiplies, BN as a scale and a
+    shift per element); ``stage="folded"`` counts what :func:`bnn_helpers.deploy.pack` leaves (one
+    scale per conv output, BN shifts inside the RPReLU bias, sign as a
+    threshold compare, beta inside the thresholds and the pool constant).
+    Columns: ``bops`` (XNOR-popcount MACs), ``scale`` (multiplies by a
+    constant), ``shift`` (adds of a constant), ``sign`` (compares), ``prelu``,
+    ``residual_add``, ``pooling`` (4 per 2x2 average output, 8 per 3x3 max
+    output, adds for the global pool), ``real_macs`` (stem, classifier, and the
+    additions of ReActNet-18's binary-weight shortcut on real input) and
+    ``real_ops`` (their sum, everything except ``bops``).
+    """
+    if not isinstance(model, (ReActNetA, ReActNet18)) or not model.binary_weights:
+        raise ValueError("inference_op_table needs a step-2 ReActNetA or ReActNet18 "
+                         "(binary_weights=True)")
+    input_size = tuple(input_size)
+    if len(input_size) != 3:
+        raise ValueError(f"input_size must be (C, H, W), got {input_size}")
+    shapes = _record_shapes(model, input_size)
+    rows = []
+    for stage in ("float", "folded"):
+        (c0, h0, w0), (cs, hs, ws) = shapes["stem"]
+        conv = model.stem.conv
+        h_conv = (h0 + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        w_conv = (w0 + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+        e_conv = cs * h_conv * w_conv
+        stem = dict.fromkeys(OP_KINDS, 0)
+        stem["bops"] = 0
+        stem["real_macs"] = e_conv * c0 * conv.kernel_size[0] * conv.kernel_size[1]
+        if model.norm_mode == "bn":
+            stem["shift"] = e_conv
+            stem["scale"] = 0 if stage == "folded" else e_conv
+        stem["pooling"] = 8 * cs * hs * ws if isinstance(model.stem.pool, nn.MaxPool2d) else 0
+        rows.append({"part": "stem", "stage": stage, **stem})
+        for i, block in enumerate(model.blocks):
+            shape_in, shape_out = shapes[f"blocks.{i}"]
+            rows.append({"part": f"block{i + 1}", "stage": stage,
+                         **_block_ops(block, shape_in, shape_out, model.norm_mode, stage == "folded")})
+        c, h, w = shapes[f"blocks.{len(model.blocks) - 1}"][1]
+        fc = model.get_classifier()
+        head = dict.fromkeys(OP_KINDS, 0)
+        head.update(bops=0, pooling=c * h * w, real_macs=fc.in_features * fc.out_features,
+                    shift=fc.out_features)
+        rows.append({"part": "head", "stage": stage, **head})
+    df = pd.DataFrame(rows, columns=["part", "stage", "bops", *OP_KINDS])
+    df["real_ops"] = df[list(OP_KINDS)].sum(axis=1)
+    df.insert(0, "norm", model.norm_mode)
     return df

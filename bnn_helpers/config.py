@@ -19,7 +19,7 @@ import yaml
 
 __all__ = ["TrainError", "CorruptCheckpointError", "RefusedCheckpointError", "DEFAULTS",
            "load_config", "resolve_config", "parse_cli_overrides", "run_dir_of", "describe_keys",
-           "checkpoint_load_error", "checkpoint_damage"]
+           "checkpoint_load_error", "checkpoint_damage", "is_float_model", "steps_of"]
 
 
 class TrainError(Exception):
@@ -276,6 +276,21 @@ def load_config(config: str | os.PathLike | dict | None = None, overrides=None) 
         if not isinstance(base, dict):
             raise TrainError(f"config file {str(path)!r} must hold a mapping of key: value")
     return resolve_config(base, overrides)
+
+
+def is_float_model(cfg: dict) -> bool:
+    """Real-valued models (teachers) have a single training step."""
+    return cfg["model"] == "float_cnn" or cfg["model"].startswith("timm:")
+
+
+def steps_of(cfg: dict) -> list[int]:
+    """The training steps a config runs: [1, 2], [1] or [2] (real-valued models: [1])."""
+    step = cfg["step"]
+    if is_float_model(cfg):
+        if step == "2":
+            raise TrainError(f"{cfg['model']} is real-valued: it has no step 2; use --step 1")
+        return [1]
+    return [1, 2] if step == "both" else [int(step)]
 
 
 def run_dir_of(cfg: dict) -> Path:

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from .checkpoints import load_weights_only, strip_data_parallel_prefix
 from .models import ReActNet18, ReActNetA
 from .models.reactnet_18 import BLOCKS_PER_STAGE
 
@@ -83,9 +84,6 @@ RULES = {
         (r"head\.fc", "fc"),
     ),
 }
-
-_DATA_PARALLEL_PREFIX = "module."
-
 
 def _rules_for(model: nn.Module):
     for cls, rules in RULES.items():
@@ -142,9 +140,7 @@ def unwrap_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, Mapping):
         raise ValueError("checkpoint['state_dict'] is not a mapping of tensors")
-    if state and all(k.startswith(_DATA_PARALLEL_PREFIX) for k in state):
-        state = {k[len(_DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
-    return dict(state)
+    return strip_data_parallel_prefix(state)
 
 
 def _fit_shape(value: torch.Tensor, target: torch.Tensor):
@@ -202,12 +198,7 @@ def load_published_checkpoint(model: nn.Module, path_or_state_dict) -> nn.Module
     global it holds; also a ``pickle.UnpicklingError``).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        try:
-            checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
-        except Exception as exc:  # one line: corrupt file, or the global a refused pickle holds
-            from .config import checkpoint_load_error
-
-            raise checkpoint_load_error(path_or_state_dict, exc) from None
+        checkpoint = load_weights_only(path_or_state_dict)
     else:
         checkpoint = path_or_state_dict
     converted = from_published_state_dict(model, checkpoint)

@@ -22,26 +22,31 @@ Weights
     :func:`gradient_norms`, :func:`agc_clipped_share` (read-only AGC share).
 
 Training
-    :class:`StatsRecorder` — the engine's callback that writes ``stats.csv``.
+    :class:`StatsRecorder` — the engine's callback that writes ``stats.csv``
+    (defined with :func:`sign_layers` and :func:`binary_sign` in
+    :mod:`bnn_helpers.sign_stats`, which the engine imports without pandas).
+
+Inference
+    :func:`count_sign_ties` — RSign outputs exactly on their threshold.
 
 Every function that hooks a model removes its hooks before returning, also
 when the forward raises.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
 import math
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from timm.utils.agc import unitwise_norm
 
-from .layers import RSign, is_binary_conv
+from .agc import clipped_units, parameters_except_classifier
+from .hooks import buffers_restored, eval_mode, removing_hooks
+from .layers import RSign
+# sign_layers, binary_sign, StatsRecorder, STATS_COLUMNS: re-exported (documented here)
+from .sign_stats import STATS_COLUMNS, StatsRecorder, binary_sign, sign_layers, unwrap
 
 __all__ = [
     "channel_statistics",
@@ -60,52 +65,18 @@ __all__ = [
     "agc_clipped_share",
     "StatsRecorder",
     "STATS_COLUMNS",
+    "count_sign_ties",
 ]
 
 
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a DistributedDataParallel/DataParallel or torch.compile wrapper."""
-    while True:
-        for attribute in ("module", "_orig_mod"):
-            inner = getattr(model, attribute, None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                break
-        else:
-            return model
-
-
 def _check_model(model: nn.Module) -> None:
     missing = [a for a in ("stem", "blocks", "head") if not hasattr(model, a)]
     if missing:
         raise TypeError(f"{type(model).__name__} lacks {', '.join(missing)}; the diagnostics need "
                         "a model with .stem, .blocks and .head (see bnn_helpers.create_model)")
-
-
-@contextlib.contextmanager
-def _hooks():
-    """Collects hook handles and removes all of them on exit, even after an exception."""
-    handles: list = []
-    try:
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def _buffers_restored(model: nn.Module):
-    """A train-mode forward updates BN running statistics; put them back afterwards."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buf, copy in saved:
-                buf.copy_(copy)
 
 
 def _per_channel(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +136,7 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     normalizes with the statistics of ``x``. BN running statistics touched by
     a train-mode forward are restored afterwards, and every hook is removed.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     _check_model(model)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"signal_propagation needs a tensor batch, got {type(x).__name__}")
@@ -197,7 +168,7 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
             row[column] = float((output > 0).float().mean())
         return hook
 
-    with _hooks() as handles, _buffers_restored(model), torch.no_grad():
+    with removing_hooks() as handles, buffers_restored(model), torch.no_grad():
         for (i, (_, module)), row in zip(enumerate(points), rows):
             handles.append(module.register_forward_hook(output_hook(row)))
             if i == 0:
@@ -231,7 +202,7 @@ def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
     published ReActNet-A without BN at initialisation). Same mode/buffer rules
     as :func:`signal_propagation`.
     """
-    with _buffers_restored(model), torch.no_grad():
+    with buffers_restored(model), torch.no_grad():
         logits = model(x)
     if logits.shape[0] < 2:
         raise ValueError("logit_variance needs a batch of at least 2 inputs")
@@ -257,7 +228,7 @@ def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     modes = [(m, m.training) for m in model.modules()]
     hits = 0
-    with _buffers_restored(model):
+    with buffers_restored(model):
         model.train(train_mode)
         try:
             for start in range(0, len(y), batch_size):
@@ -309,30 +280,6 @@ def compare_predictions(reference: torch.Tensor, other: torch.Tensor, rounding_b
 # --------------------------------------------------------------------------
 # weights
 # --------------------------------------------------------------------------
-def sign_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """Convolutions whose weight signs matter: ``{parameter name of the weight: conv}``.
-
-    The binary convs of the model; in step 1 (no binary conv) the convs inside
-    ``model.blocks``, whose latent weights step 2 binarizes. Names are those
-    of the unwrapped model (without a DDP ``module.`` prefix).
-    """
-    model = _unwrap(model)
-    named = dict(model.named_modules())
-    layers = {f"{n}.weight": m for n, m in named.items() if is_binary_conv(m)}
-    if not layers and hasattr(model, "blocks"):
-        layers = {f"blocks.{n}.weight": m for n, m in model.blocks.named_modules()
-                  if isinstance(m, nn.Conv2d)}
-    return layers
-
-
-def binary_sign(weight: torch.Tensor, standardized: bool) -> torch.Tensor:
-    """The sign the binary conv uses: ``sign(w - mean per out channel)`` if standardized, else ``sign(w)``."""
-    w = weight.detach()
-    if standardized:
-        w = w - w.mean(dim=tuple(range(1, w.dim())), keepdim=True)
-    return torch.sign(w)
-
-
 def _standardized_flags(model: nn.Module | None, names) -> dict[str, bool]:
     if model is not None:
         return {n: bool(getattr(m, "standardized", False)) for n, m in sign_layers(model).items()}
@@ -406,13 +353,6 @@ def gradient_norms(model: nn.Module) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "numel", "grad_norm", "param_norm"])
 
 
-def _classifier_names(model: nn.Module) -> set[str]:
-    if not hasattr(model, "get_classifier"):
-        return set()
-    ids = {id(p) for p in model.get_classifier().parameters()}
-    return {n for n, p in model.named_parameters() if id(p) in ids}
-
-
 def agc_clipped_share(model: nn.Module, clip_factor: float = 0.02, eps: float = 1e-3,
                       exclude: Iterable[str] | None = None) -> float:
     """Share of units that AGC *would* clip now, without touching any gradient.
@@ -422,147 +362,28 @@ def agc_clipped_share(model: nn.Module, clip_factor: float = 0.02, eps: float = 
     ``exclude``: parameter names or name prefixes to skip; default the
     classifier (the paper clips every parameter except the classifier's).
     """
-    skip = _classifier_names(model) if exclude is None else set(exclude)
-    clipped = total = 0
-    for name, p in model.named_parameters():
-        if p.grad is None or any(name == s or name.startswith(s + ".")
-                                 for s in skip):
-            continue
-        max_norm = unitwise_norm(p.detach().float()).clamp(min=eps).mul(clip_factor)
-        grad_norm = unitwise_norm(p.grad.detach().float())
-        clipped += int((~(grad_norm < max_norm)).sum())
-        total += max_norm.numel()
+    if exclude is None:
+        params = parameters_except_classifier(model)
+    else:
+        skip = set(exclude)
+        params = [p for name, p in model.named_parameters()
+                  if not any(name == s or name.startswith(s + ".") for s in skip)]
+    flags = [clipped_units(p, clip_factor, eps) for p in params if p.grad is not None]
+    clipped, total = sum(int(f.sum()) for f in flags), sum(f.numel() for f in flags)
     return clipped / total if total else math.nan
 
 
-# --------------------------------------------------------------------------
-# training callback
-# --------------------------------------------------------------------------
-STATS_COLUMNS = ["step", "epoch", "iteration", "optimizer_step", "flip_ratio",
-                 "weight_sign_balance", "act_sign_balance", "agc_clip_share"]
+@torch.no_grad()
+def count_sign_ties(model: nn.Module, images: torch.Tensor) -> dict:
+    """How many RSign outputs are exactly 0 (input on the threshold) on ``images``."""
+    counts = {"sign_outputs": 0, "zeros": 0}
 
+    def hook(module, inputs, output):
+        counts["sign_outputs"] += output.numel()
+        counts["zeros"] += int((output == 0).sum())
 
-def _is_rank_zero() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-class StatsRecorder:
-    """Records binary-network statistics every ``every`` optimizer steps into ``run_dir/stats.csv``.
-
-    The engine calls, per training iteration::
-
-        recorder.before_optimizer_step(model, step, epoch, iteration)
-        optimizer.step()
-        recorder.after_optimizer_step(model, step, epoch, iteration, agc_clip_share)
-
-    and ``recorder.close()`` at the end. Columns: :data:`STATS_COLUMNS`;
-    ``optimizer_step`` counts the optimizer steps this recorder has seen
-    (1-based; the ``every``-th, 2·``every``-th, ... are recorded).
-    ``flip_ratio`` compares the signs of :func:`sign_layers` before and after
-    that optimizer step; ``weight_sign_balance`` is the share of +1 weights
-    after it; ``act_sign_balance`` is the share of +1 among every RSign output
-    of the training forward of that iteration (a forward hook is armed one
-    iteration ahead, so with ``every=1`` the first row has none: NaN).
-    Rows are appended, so step 1 and step 2 may share one file. Only rank 0
-    records.
-    """
-
-    def __init__(self, run_dir, every: int = 100):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"StatsRecorder: every must be a positive integer, got {every!r}")
-        self.path = Path(run_dir) / "stats.csv"
-        self.every = every
-        self.count = 0
-        self._enabled: bool | None = None
-        self._file = None
-        self._writer = None
-        self._hooked_model: nn.Module | None = None
-        self._hook_handles: list = []
-        self._armed = False
-        self._positive: torch.Tensor | None = None
-        self._numel = 0
-        self._signs_before: dict[str, torch.Tensor] | None = None
-
-    # -- activation signs ------------------------------------------------
-    def _sign_hook(self, module, inputs, output):
-        if self._armed and module.training:
-            positive = (output.detach() > 0).sum()
-            self._positive = positive if self._positive is None else self._positive + positive
-            self._numel += output.numel()
-
-    def _attach(self, model: nn.Module) -> None:
-        model = _unwrap(model)
-        if self._hooked_model is model:
-            return
-        self._detach()
-        self._hooked_model = model
-        self._hook_handles = [m.register_forward_hook(self._sign_hook)
-                              for m in model.modules() if isinstance(m, RSign)]
-
-    def _detach(self) -> None:
-        for handle in self._hook_handles:
-            handle.remove()
-        self._hook_handles, self._hooked_model = [], None
-
-    def _records(self, count: int) -> bool:
-        return count % self.every == 0
-
-    # -- engine interface ----------------------------------------------------
-    def before_optimizer_step(self, model: nn.Module, step: int, epoch: int, iteration: int) -> None:
-        if self._enabled is None:
-            self._enabled = _is_rank_zero()
-        if not self._enabled:
-            return
-        self._attach(model)
-        self.count += 1
-        if self._records(self.count):
-            self._signs_before = {n: binary_sign(m.weight, getattr(m, "standardized", False)).to(torch.int8)
-                                  for n, m in sign_layers(model).items()}
-
-    def after_optimizer_step(self, model: nn.Module, step: int, epoch: int, iteration: int,
-                             agc_clip_share: "float | torch.Tensor | None" = None) -> None:
-        if not self._enabled:
-            return
-        if self._signs_before is not None:
-            self._write(model, step, epoch, iteration, agc_clip_share)
-            self._signs_before = None
-        # Arm the sign hooks for the forward of the next recorded iteration only.
-        self._armed = self._records(self.count + 1)
-        self._positive, self._numel = None, 0
-
-    def _write(self, model, step, epoch, iteration, agc_clip_share) -> None:
-        flips = total = positive = 0
-        for name, conv in sign_layers(model).items():
-            signs = binary_sign(conv.weight, getattr(conv, "standardized", False)).to(torch.int8)
-            flips += int((signs != self._signs_before[name]).sum())
-            positive += int((signs > 0).sum())
-            total += signs.numel()
-        act = float(self._positive) / self._numel if self._numel else math.nan
-        row = {"step": step, "epoch": epoch, "iteration": iteration, "optimizer_step": self.count,
-               "flip_ratio": flips / total if total else math.nan,
-               "weight_sign_balance": positive / total if total else math.nan,
-               "act_sign_balance": act,
-               "agc_clip_share": math.nan if agc_clip_share is None else float(agc_clip_share)}
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            self._file = open(self.path, "a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=STATS_COLUMNS)
-            if new:
-                self._writer.writeheader()
-        self._writer.writerow(row)
-        self._file.flush()
-
-    def close(self) -> None:
-        """Remove the hooks and close ``stats.csv``."""
-        self._detach()
-        if self._file is not None:
-            self._file.close()
-        self._file = self._writer = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    with removing_hooks() as handles, eval_mode(model):
+        handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RSign)]
+        model(images)
+    counts["fraction"] = counts["zeros"] / max(1, counts["sign_outputs"])
+    return counts

@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .diagnostics import signal_propagation
 from .models import create_model
 from .plotting import plot_estimators, plot_signal_propagation, savefig, use_style
 
 __all__ = ["photo_batch", "gaussian_batch", "init_signal_propagation", "main"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMS = ("bn", "none", "bf")
 
 

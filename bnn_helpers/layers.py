@@ -208,6 +208,12 @@ def _matmul_conv2d(x, weight, stride, dilation, plan):
     return out.view(n, h_out * w_out, -1).transpose(1, 2).reshape(n, -1, h_out, w_out)
 
 
+def _add_standardization(conv: nn.Conv2d, eps: float) -> None:
+    """What both standardized convs carry: ``eps`` and a per-channel ``gain`` starting at 1."""
+    conv.eps = eps
+    conv.gain = nn.Parameter(torch.ones(conv.out_channels, 1, 1, 1))
+
+
 class ScaledStdConv2d(_TransformedWeightConv2d):
     """Real conv whose weight is ``gain * (w - mean) / (std + eps) / sqrt(fan_in)``.
 
@@ -220,8 +226,7 @@ class ScaledStdConv2d(_TransformedWeightConv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  groups=1, eps: float = WS_EPS):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups)
-        self.eps = eps
-        self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1))
+        _add_standardization(self, eps)
 
     def effective_weight(self) -> torch.Tensor:
         fn = reference_standardize_weight if reference_enabled() else standardize_weight
@@ -255,8 +260,7 @@ class BinaryScaledStdConv2d(BinaryConv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  groups=1, eps: float = WS_EPS):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups)
-        self.eps = eps
-        self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1))
+        _add_standardization(self, eps)
 
     def effective_weight(self) -> torch.Tensor:
         fn = (reference_binarize_standardized_weight if reference_enabled()
@@ -267,7 +271,6 @@ class BinaryScaledStdConv2d(BinaryConv2d):
 def is_binary_conv(module: nn.Module) -> bool:
     """True for convolutions whose effective weights are binary."""
     return isinstance(module, nn.Conv2d) and getattr(module, "binary_weights", False)
-
 
 
 def make_conv(norm: str, binary_weights: bool, in_channels: int, out_channels: int,

@@ -1,4 +1,5 @@
-"""Test-wide setup: non-interactive plots, scratch folders, modest threading."""
+"""Test-wide setup: non-interactive plots, scratch folders, modest threading, and the
+fixtures the engine tests share (tiny run settings, a small image folder)."""
 import os
 
 import pytest
@@ -34,3 +35,35 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_run() -> dict:
+    """Settings of a tiny CPU training run: a quarter-width network, 3 batches an epoch, no output."""
+    return dict(width_mult=0.25, batch_size=16, max_train_batches=3, workers=0, progress="none",
+                lr_schedule="linear", device="cpu", threads=1)
+
+
+@pytest.fixture
+def make_image_folder():
+    """``make_image_folder(root, ...)``: an ImageFolder ``train/`` and ``val/`` with one colour
+    per class plus noise (learnable); ``bad`` names an extra unreadable file in class0."""
+    def make(root, classes=3, train_per_class=8, val_per_class=4, size=32, bad=None):
+        import torch
+        from PIL import Image
+
+        g = torch.Generator().manual_seed(0)
+        for split, n in (("train", train_per_class), ("val", val_per_class)):
+            for c in range(classes):
+                folder = root / split / f"class{c}"
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    base = torch.zeros(3, 1, 1)
+                    base[c % 3] = 200
+                    img = (base + 40 * torch.rand(3, size, size, generator=g)).clamp(0, 255).byte()
+                    Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+        if bad:
+            (root / "train" / "class0" / bad).write_bytes(b"not an image")
+        return root
+
+    return make

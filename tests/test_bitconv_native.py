@@ -16,11 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnn_helpers import bitconv_native, create_model, deploy
+from bnn_helpers import bitconv_build, bitconv_native, create_model, deploy
 from bnn_helpers.bitconv_native import NativeKernelWarning, use_native, use_reference
-from bnn_helpers.deploy import (PackedActivation, PackedBinaryConv2d, PackedSign,
-                                _pack_weight_signs, pack)
+from bnn_helpers.bitkernels import PackedActivation
+from bnn_helpers.deploy import PackedBinaryConv2d, PackedSign, pack
 from bnn_helpers.diagnostics import compare_predictions
+from bnn_helpers.latency import latency_table
+from bnn_helpers.packed_layers import _pack_weight_signs
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -246,7 +248,7 @@ def test_fallback_when_the_build_fails_warns_once(monkeypatch, images):
 
     saved = dict(bitconv_native._state)
     monkeypatch.delenv("BNN_NATIVE", raising=False)
-    monkeypatch.setattr(bitconv_native, "_build_and_load", no_build)
+    monkeypatch.setattr(bitconv_build, "build_and_load", no_build)
     bitconv_native._reset()
     try:
         with pytest.warns(NativeKernelWarning) as record:
@@ -266,9 +268,9 @@ def test_fallback_when_the_build_fails_warns_once(monkeypatch, images):
 def test_no_compiler_is_a_clear_reason(monkeypatch):
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("PATH", "")
-    assert bitconv_native._compiler() is None
+    assert bitconv_build.find_compiler() is None
     with pytest.raises(RuntimeError, match="no C.. compiler"):
-        bitconv_native._build_and_load()
+        bitconv_build.build_and_load()
 
 
 def test_import_never_builds(tmp_path):
@@ -284,7 +286,7 @@ def test_import_never_builds(tmp_path):
 @needs_native
 def test_latency_table_rows(images):
     model = _model_a("bf")
-    rows = bitconv_native.latency_table(model, images[:2], reps=1, warmup=0)
+    rows = latency_table(model, images[:2], reps=1, warmup=0)
     totals = {r["path"]: r["ms"] for r in rows if r["part"] == "total"}
     assert set(totals) == {"float", "reference", "native"} and min(totals.values()) > 0
     for path in ("reference", "native"):

@@ -280,7 +280,9 @@ def test_stats_recorder_appends_and_zero_lr_flips_nothing(tmp_path):
 
 
 def test_stats_recorder_only_rank_zero_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_is_rank_zero", lambda: False)
+    from bnn_helpers import sign_stats
+
+    monkeypatch.setattr(sign_stats, "_is_rank_zero", lambda: False)
     model = ToyBinaryNet(BinaryConv2d)
     _train(model, D.StatsRecorder(tmp_path, every=1), steps=2, lr=1e-3)
     assert not (tmp_path / "stats.csv").exists()

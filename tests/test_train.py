@@ -14,38 +14,15 @@ from bnn_helpers.train import SUMMARY_COLUMNS, TrainError, load_trained, run
 
 torch.set_num_threads(1)  # 2 busy cores: more threads only contend
 
-TINY = dict(width_mult=0.25, batch_size=16, max_train_batches=3, workers=0, progress="none",
-            lr_schedule="linear", device="cpu", threads=1)
-
-
-def make_image_folder(root, classes=3, train_per_class=8, val_per_class=4, size=32, bad=None):
-    """ImageFolder train/ and val/ with one colour per class plus noise (learnable)."""
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = torch.zeros(3, 1, 1)
-                base[c % 3] = 200
-                img = (base + 40 * torch.rand(3, size, size, generator=g)).clamp(0, 255).byte()
-                Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
-    if bad:
-        (root / "train" / "class0" / bad).write_bytes(b"not an image")
-    return root
-
-
 def read_summary(run_dir):
     with open(run_dir / "summary.csv", newline="") as f:
         reader = csv.DictReader(f)
         return reader.fieldnames, list(reader)
 
 
-def test_two_steps_with_kd_teacher_and_agc(tmp_path):
+def test_two_steps_with_kd_teacher_and_agc(tmp_path, tiny_run, make_image_folder):
     data = make_image_folder(tmp_path / "data")
-    common = dict(TINY, dataset="folder", data_dir=str(data), image_size=32, batch_size=8,
+    common = dict(tiny_run, dataset="folder", data_dir=str(data), image_size=32, batch_size=8,
                   output_dir=str(tmp_path / "runs"))
     teacher_dir = run(None, model="float_cnn", name="teacher", epochs=2, agc=False, **common)
     assert (teacher_dir / "step1" / "best.pth").is_file()
@@ -89,8 +66,8 @@ def test_two_steps_with_kd_teacher_and_agc(tmp_path):
         load_trained(teacher_dir, step=2)
 
 
-def test_resume_after_sigterm_matches_uninterrupted(tmp_path):
-    cfg = dict(TINY, dataset="digits", model="reactnet_a_bf", epochs=1, eval_batch_size=360,
+def test_resume_after_sigterm_matches_uninterrupted(tmp_path, tiny_run):
+    cfg = dict(tiny_run, dataset="digits", model="reactnet_a_bf", epochs=1, eval_batch_size=360,
                output_dir=str(tmp_path))
     straight = run(None, name="straight", **cfg)
 
@@ -122,7 +99,7 @@ def _ddp_worker(rank, world, port, cfg):
     run(None, **cfg)
 
 
-def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+def test_ddp_two_gloo_processes_match_one_process(tmp_path, tiny_run):
     # One SGD update: the first forward sees identical weights in both runs, so only the
     # gradient's summation order differs (16 samples vs 2 x 8 all-reduced), and the weights
     # must agree to rounding. A second update would run a sign network on weights that differ
@@ -130,7 +107,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     # diverge for a reason that has nothing to do with DDP (seen: head weights 5 % apart).
     # SGD: Adam's update is ~lr*sign(g) where g is at rounding-noise level, which would turn
     # the different summation order of 2 processes into lr-sized weight differences.
-    cfg = dict(TINY, dataset="digits", model="reactnet_a_bf", epochs=1, step="1", batch_size=16,
+    cfg = dict(tiny_run, dataset="digits", model="reactnet_a_bf", epochs=1, step="1", batch_size=16,
                max_train_batches=1, optimizer="sgd", lr=0.05, eval_batch_size=360,
                output_dir=str(tmp_path))
     single = run(None, name="single", **cfg)
@@ -159,11 +136,11 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
                                                            abs=check["accuracy_tolerance"] + 1e-9)
 
 
-def test_run_or_load_trains_once_then_reuses_and_retrains_on_new_settings(tmp_path):
+def test_run_or_load_trains_once_then_reuses_and_retrains_on_new_settings(tmp_path, tiny_run):
     from bnn_helpers.train import finished_run, run_or_load
 
-    common = dict(TINY, dataset="digits", model="reactnet_a_bf", step="both", epochs=1, max_train_batches=1,
-                  eval_batch_size=360, run_dir=str(tmp_path / "cached"))
+    common = dict(tiny_run, dataset="digits", model="reactnet_a_bf", step="both", epochs=1,
+                  max_train_batches=1, eval_batch_size=360, run_dir=str(tmp_path / "cached"))
     run_dir = run_or_load(None, **common)
     best = run_dir / "step2" / "best.pth"
     stamp = best.stat().st_mtime_ns
@@ -196,10 +173,10 @@ def _ddp_stop_worker(rank, world, port, cfg):
 
 
 @pytest.mark.timeout(240)
-def test_ddp_stop_on_one_process_is_agreed_at_the_next_check(tmp_path):
+def test_ddp_stop_on_one_process_is_agreed_at_the_next_check(tmp_path, tiny_run):
     # A stop seen by one process must stop all of them at the same batch (else the other
     # process would wait forever in its next all-reduce): the first agreed batch is 3.
-    cfg = dict(TINY, dataset="digits", model="reactnet_a_bf", epochs=1, step="1", batch_size=16,
+    cfg = dict(tiny_run, dataset="digits", model="reactnet_a_bf", epochs=1, step="1", batch_size=16,
                max_train_batches=5, eval_batch_size=360, output_dir=str(tmp_path), name="ddp_stop")
     port = 29000 + (os.getpid() + 500) % 1000
     mp.start_processes(_ddp_stop_worker, args=(2, port, cfg), nprocs=2, start_method="spawn")

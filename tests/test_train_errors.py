@@ -4,7 +4,6 @@ import torch
 
 from bnn_helpers.config import TrainError
 from bnn_helpers.train import main, run
-from test_train import TINY, make_image_folder
 
 torch.set_num_threads(1)
 
@@ -53,17 +52,17 @@ def test_empty_and_misshaped_data_dirs(tmp_path, capsys):
     assert "class sub-folders" in one_error_line(capsys)
 
 
-def test_unreadable_image_is_named(tmp_path, capsys):
+def test_unreadable_image_is_named(tmp_path, capsys, make_image_folder):
     data = make_image_folder(tmp_path / "data", bad="broken.jpg")
     assert cli(tmp_path, "--dataset", "folder", "--data-dir", str(data), "--image-size", "32",
                "--batch-size", "8", "--epochs", "1", "--augment", "false") == 2
     assert "broken.jpg" in one_error_line(capsys)
 
 
-def test_step2_without_step1_and_class_mismatch(tmp_path, capsys):
+def test_step2_without_step1_and_class_mismatch(tmp_path, capsys, tiny_run, make_image_folder):
     assert cli(tmp_path, "--step", "2", "--name", "lonely") == 2
     assert "step 2 needs step 1" in one_error_line(capsys)
-    digits = run(None, **dict(TINY, dataset="digits", step="1", epochs=1, max_train_batches=1,
+    digits = run(None, **dict(tiny_run, dataset="digits", step="1", epochs=1, max_train_batches=1,
                               output_dir=str(tmp_path / "runs"), name="digits10"))
     data = make_image_folder(tmp_path / "data")
     assert cli(tmp_path, "--dataset", "folder", "--data-dir", str(data), "--image-size", "32",
@@ -77,14 +76,14 @@ def test_teacher_unavailable_offline(tmp_path, capsys):
     assert "resnet18" in line and ("unavailable" in line or "predicts" in line)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_run):
     def poison(trainer, step, epoch, batch):
         if epoch == 2 and batch == 1:
             model = trainer.current_model
             with torch.no_grad():
                 model.get_classifier().weight.fill_(float("nan"))
 
-    cfg = dict(TINY, dataset="digits", step="1", epochs=3, output_dir=str(tmp_path), name="nan")
+    cfg = dict(tiny_run, dataset="digits", step="1", epochs=3, output_dir=str(tmp_path), name="nan")
     with pytest.raises(TrainError, match="non-finite"):
         run(None, on_batch_end=poison, **cfg)
     ckpt = torch.load(tmp_path / "nan" / "step1" / "last.pth", weights_only=True)
@@ -114,7 +113,8 @@ def test_config_file_of_random_bytes(tmp_path, capsys):
     (225, "gets an odd 113x113 map, which its conv and pooling shortcut halve differently "
           "(56 vs 57); its smallest input is 31 px, the nearest sizes that fit are 224 and 255"),
 ])
-def test_image_size_is_checked_before_the_run_dir_is_made(tmp_path, capsys, size, expected):
+def test_image_size_is_checked_before_the_run_dir_is_made(tmp_path, capsys, size, expected,
+                                                          make_image_folder):
     data = make_image_folder(tmp_path / "data")
     assert cli(tmp_path, "--dataset", "folder", "--data-dir", str(data), "--image-size", str(size),
                "--augment", "false", "--batch-size", "8") == 2
@@ -131,7 +131,7 @@ def test_batchnorm_with_one_image_per_process(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_class_folder_mismatch_names_the_folders(tmp_path, capsys):
+def test_class_folder_mismatch_names_the_folders(tmp_path, capsys, make_image_folder):
     data = make_image_folder(tmp_path / "data")
     (data / "val" / "class2").rename(data / "val" / "class9")
     assert cli(tmp_path, "--dataset", "folder", "--data-dir", str(data), "--image-size", "32",

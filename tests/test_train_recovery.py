@@ -14,14 +14,16 @@ import torch
 
 from bnn_helpers.config import TrainError, load_config
 from bnn_helpers.train import finished_run, main, read_checkpoint, run, run_or_load
-from test_train import TINY
 
 torch.set_num_threads(1)
 
-# The smallest engine runs: the tiny real-valued CNN on bundled digits, 2 batches an epoch,
-# validation in one batch.
-QUICK = dict(TINY, model="float_cnn", dataset="digits", step="1", max_train_batches=2,
-             eval_batch_size=360)
+
+@pytest.fixture
+def quick(tiny_run):
+    """The smallest engine runs: the tiny real-valued CNN on bundled digits, 2 batches an
+    epoch, validation in one batch."""
+    return dict(tiny_run, model="float_cnn", dataset="digits", step="1", max_train_batches=2,
+                eval_batch_size=360)
 
 
 def quick_cli(run_dir, *args):
@@ -60,15 +62,15 @@ def no_temporaries(run_dir):
 
 
 @pytest.fixture
-def finished(tmp_path):
-    """A finished 1-epoch run (QUICK settings, lr 5e-4)."""
+def finished(tmp_path, quick):
+    """A finished 1-epoch run (quick settings, lr 5e-4)."""
     run_dir = tmp_path / "done"
-    run(None, **dict(QUICK, epochs=1, run_dir=str(run_dir)))
+    run(None, **dict(quick, epochs=1, run_dir=str(run_dir)))
     return run_dir
 
 
 # --------------------------------------------------------------------------- divergence
-def test_weights_diverged_in_the_epochs_last_update_replace_nothing(tmp_path):
+def test_weights_diverged_in_the_epochs_last_update_replace_nothing(tmp_path, quick):
     """The last batch's loss is finite (computed before the update), the weights are not:
     validation must catch it before last.pth and best.pth are written."""
     def poison_last_update(trainer, step, epoch, batch):
@@ -78,7 +80,7 @@ def test_weights_diverged_in_the_epochs_last_update_replace_nothing(tmp_path):
 
     run_dir = tmp_path / "nan_end"
     with pytest.raises(TrainError) as info:
-        run(None, on_batch_end=poison_last_update, **dict(QUICK, epochs=3, run_dir=str(run_dir)))
+        run(None, on_batch_end=poison_last_update, **dict(quick, epochs=3, run_dir=str(run_dir)))
     message = str(info.value)
     assert "weights became non-finite" in message and "epoch 2 (its end)" in message
     assert f"Last good checkpoint: {run_dir / 'step1' / 'last.pth'} (epoch 1)" in message
@@ -88,7 +90,7 @@ def test_weights_diverged_in_the_epochs_last_update_replace_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("agc", [True, False])
-def test_divergence_before_any_checkpoint_leaves_no_run_dir(tmp_path, agc):
+def test_divergence_before_any_checkpoint_leaves_no_run_dir(tmp_path, agc, quick):
     def poison(trainer, step, epoch, batch):
         if (epoch, batch) == (1, 1):
             with torch.no_grad():
@@ -96,7 +98,7 @@ def test_divergence_before_any_checkpoint_leaves_no_run_dir(tmp_path, agc):
 
     run_dir = tmp_path / "nan_first"
     with pytest.raises(TrainError) as info:
-        run(None, on_batch_end=poison, **dict(QUICK, epochs=1, agc=agc, run_dir=str(run_dir)))
+        run(None, on_batch_end=poison, **dict(quick, epochs=1, agc=agc, run_dir=str(run_dir)))
     message = str(info.value)
     assert "loss became non-finite in step 1, epoch 1, batch 2" in message
     assert "Last good checkpoint: none of step 1 yet; rerun with a lower --lr" in message
@@ -114,9 +116,9 @@ def test_huge_lr_is_stopped_with_one_line_and_nothing_saved(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- resume settings
-def test_resume_with_another_setting_is_refused_before_the_run_dir_changes(finished, capsys):
+def test_resume_with_another_setting_is_refused_before_the_run_dir_changes(finished, capsys, quick):
     before = fingerprint(finished)
-    cfg = load_config(None, dict(QUICK, epochs=1, run_dir=str(finished)))
+    cfg = load_config(None, dict(quick, epochs=1, run_dir=str(finished)))
     assert quick_cli(finished, "--epochs", "1", "--resume", "--width-mult", "0.5") == 2
     line = one_error_line(capsys)
     assert "width_mult 0.25, not width_mult 0.5" in line and "only epochs and lr" in line
@@ -125,15 +127,15 @@ def test_resume_with_another_setting_is_refused_before_the_run_dir_changes(finis
     assert fingerprint(finished) == before
     # The notebooks' cache still sees the finished run: reused, not retrained.
     assert finished_run(finished, cfg)
-    assert run_or_load(None, **dict(QUICK, epochs=1, run_dir=str(finished))) == finished
+    assert run_or_load(None, **dict(quick, epochs=1, run_dir=str(finished))) == finished
     assert fingerprint(finished) == before
     # A resume of the finished run with the same settings (a run-only one changed) writes nothing.
     assert quick_cli(finished, "--epochs", "1", "--resume", "--log-every", "7") == 0
     assert fingerprint(finished) == before
 
 
-def test_resume_applies_and_records_a_new_lr_and_more_epochs(finished):
-    run(None, **dict(QUICK, epochs=2, lr=2e-3, resume=True, run_dir=str(finished)))
+def test_resume_applies_and_records_a_new_lr_and_more_epochs(finished, quick):
+    run(None, **dict(quick, epochs=2, lr=2e-3, resume=True, run_dir=str(finished)))
     with open(finished / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["step"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2")]
@@ -146,11 +148,11 @@ def test_resume_applies_and_records_a_new_lr_and_more_epochs(finished):
     last = read_checkpoint(finished / "step1" / "last.pth")
     assert last["config"]["lr"] == 2e-3 and last["epoch"] == 2
     # Not the run a fresh config with these settings would give: the cache must retrain it.
-    assert not finished_run(finished, load_config(None, dict(QUICK, epochs=2, lr=2e-3,
+    assert not finished_run(finished, load_config(None, dict(quick, epochs=2, lr=2e-3,
                                                              run_dir=str(finished))))
 
 
-def test_a_resume_that_fails_leaves_config_and_record_untouched(finished):
+def test_a_resume_that_fails_leaves_config_and_record_untouched(finished, quick):
     before = fingerprint(finished)
 
     def poison(trainer, step, epoch, batch):
@@ -158,15 +160,15 @@ def test_a_resume_that_fails_leaves_config_and_record_untouched(finished):
             trainer.current_model.get_classifier().weight.fill_(float("nan"))
 
     with pytest.raises(TrainError, match=r"last\.pth \(epoch 1\); continue with --resume"):
-        run(None, on_batch_end=poison, **dict(QUICK, epochs=2, lr=1e-2, resume=True,
+        run(None, on_batch_end=poison, **dict(quick, epochs=2, lr=1e-2, resume=True,
                                               run_dir=str(finished)))
     assert fingerprint(finished) == before  # config.yaml still says lr 5e-4, epochs 1
     assert not (finished / "resume_changes.csv").exists()
 
 
-def test_shortening_a_resumed_run_is_refused(tmp_path, capsys):
+def test_shortening_a_resumed_run_is_refused(tmp_path, capsys, quick):
     run_dir = tmp_path / "two"
-    run(None, **dict(QUICK, epochs=2, run_dir=str(run_dir)))
+    run(None, **dict(quick, epochs=2, run_dir=str(run_dir)))
     assert quick_cli(run_dir, "--resume", "--epochs", "1") == 2
     assert "--epochs must be at least 3" in one_error_line(capsys)
 
@@ -229,7 +231,7 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", str(mount_point)], check=False)
 
 
-def test_real_disk_full_on_a_tmpfs(small_tmpfs):
+def test_real_disk_full_on_a_tmpfs(small_tmpfs, quick):
     run_dir = small_tmpfs / "run"
     filler = small_tmpfs / "filler"
     ckpt_bytes = []
@@ -241,7 +243,7 @@ def test_real_disk_full_on_a_tmpfs(small_tmpfs):
             with open(filler, "wb") as f:
                 f.write(b"\0" * max(0, free - ckpt_bytes[0] // 2))
 
-    cfg = dict(QUICK, epochs=2, run_dir=str(run_dir))
+    cfg = dict(quick, epochs=2, run_dir=str(run_dir))
     with pytest.raises(TrainError, match="No space left on device") as info:
         run(None, on_batch_end=fill_disk, **cfg)
     assert str(run_dir / "step1" / "last.pth") in str(info.value)
@@ -278,12 +280,12 @@ def test_corrupt_last_is_named_and_best_offered_without_losing_anything(tmp_path
     assert_finite_checkpoint(last, 3)
 
 
-def test_resume_from_best_of_the_final_epoch_restores_last(tmp_path):
+def test_resume_from_best_of_the_final_epoch_restores_last(tmp_path, quick):
     run_dir = tmp_path / "final"
-    run(None, **dict(QUICK, epochs=1, run_dir=str(run_dir)))  # one epoch: best is the final one
+    run(None, **dict(quick, epochs=1, run_dir=str(run_dir)))  # one epoch: best is the final one
     last = run_dir / "step1" / "last.pth"
     last.write_bytes(b"")
-    run(None, **dict(QUICK, epochs=1, run_dir=str(run_dir), resume=True, resume_from="best"))
+    run(None, **dict(quick, epochs=1, run_dir=str(run_dir), resume=True, resume_from="best"))
     assert_finite_checkpoint(last, 1)
     assert (run_dir / "step1" / "last.pth.old").read_bytes() == b""
 

@@ -2,7 +2,8 @@
 
 Every variant is also registered with timm, so after ``import bnn_helpers``
 ``timm.create_model("reactnet_a_bf", binary_weights=False, num_classes=10)``
-works.
+works. The real-valued teacher of the CPU tutorial is registered with timm as
+``float_cnn`` (:mod:`.small_cnn`); :func:`list_models` lists the binary networks.
 """
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from timm.models import register_model
 from ._common import NORMS, BinaryNet
 from .reactnet_18 import ReActNet18, reactnet_18
 from .reactnet_a import ReActNetA, reactnet_a
+from .small_cnn import SmallTeacherCNN, float_cnn
 
 __all__ = ["create_model", "list_models", "reactnet_a", "reactnet_18", "ReActNetA",
-           "ReActNet18", "BinaryNet", "ARCHITECTURES"]
+           "ReActNet18", "BinaryNet", "ARCHITECTURES", "SmallTeacherCNN", "float_cnn",
+           "reactnet_a_bf", "reactnet_a_bn", "reactnet_a_none",
+           "reactnet_18_bf", "reactnet_18_bn", "reactnet_18_none"]
 
 ARCHITECTURES = {"reactnet_a": reactnet_a, "reactnet_18": reactnet_18}
 _REGISTRY = {f"{arch}_{norm}": partial(fn, norm=norm)
@@ -37,22 +41,49 @@ def create_model(name: str, **kwargs) -> BinaryNet:
     return _REGISTRY[name](**kwargs)
 
 
-def _timm_entry(name):
-    def build(pretrained: bool = False, **kwargs):
-        if pretrained:
-            raise ValueError(
-                f"no pretrained weights are hosted for {name!r}; load a published checkpoint "
-                "with bnn_helpers.convert.load_published_checkpoint(model, path)")
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(key, None)
-        return create_model(name, **kwargs)
-
-    build.__name__ = name
-    build.__qualname__ = name
-    build.__module__ = __name__
-    build.__doc__ = f"timm entry point for {name} (see bnn_helpers.models.create_model)."
-    return build
+def _timm_build(name: str, pretrained: bool, kwargs: dict) -> BinaryNet:
+    """What every timm entry point below does: refuse ``pretrained``, drop timm's own keys."""
+    if pretrained:
+        raise ValueError(
+            f"no pretrained weights are hosted for {name!r}; load a published checkpoint "
+            "with bnn_helpers.convert.load_published_checkpoint(model, path)")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return create_model(name, **kwargs)
 
 
-for _name in _REGISTRY:
-    globals()[_name] = register_model(_timm_entry(_name))
+# timm entry points, one per registered name (written out so that each name can be found).
+@register_model
+def reactnet_a_bf(pretrained: bool = False, **kwargs) -> BinaryNet:
+    """ReActNet-A, BN-free (scaled weight standardization); see :func:`create_model`."""
+    return _timm_build("reactnet_a_bf", pretrained, kwargs)
+
+
+@register_model
+def reactnet_a_bn(pretrained: bool = False, **kwargs) -> BinaryNet:
+    """ReActNet-A with BatchNorm; see :func:`create_model`."""
+    return _timm_build("reactnet_a_bn", pretrained, kwargs)
+
+
+@register_model
+def reactnet_a_none(pretrained: bool = False, **kwargs) -> BinaryNet:
+    """ReActNet-A with neither BatchNorm nor weight standardization; see :func:`create_model`."""
+    return _timm_build("reactnet_a_none", pretrained, kwargs)
+
+
+@register_model
+def reactnet_18_bf(pretrained: bool = False, **kwargs) -> BinaryNet:
+    """ReActNet-18, BN-free (scaled weight standardization); see :func:`create_model`."""
+    return _timm_build("reactnet_18_bf", pretrained, kwargs)
+
+
+@register_model
+def reactnet_18_bn(pretrained: bool = False, **kwargs) -> BinaryNet:
+    """ReActNet-18 with BatchNorm; see :func:`create_model`."""
+    return _timm_build("reactnet_18_bn", pretrained, kwargs)
+
+
+@register_model
+def reactnet_18_none(pretrained: bool = False, **kwargs) -> BinaryNet:
+    """ReActNet-18 with neither BatchNorm nor weight standardization; see :func:`create_model`."""
+    return _timm_build("reactnet_18_none", pretrained, kwargs)

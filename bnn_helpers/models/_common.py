@@ -86,7 +86,8 @@ class BinaryNet(nn.Module):
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if not width_mult > 0:
             raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
-        self.norm, self.binary_weights, self.in_chans = norm, binary_weights, in_chans
+        # norm_mode, not norm: a block's ``norm`` is its BN module (or Identity placeholder)
+        self.norm_mode, self.binary_weights, self.in_chans = norm, binary_weights, in_chans
         self.num_classes, self.width_mult, self.beta_schedule = num_classes, width_mult, beta_schedule
         self.alpha = alpha if norm == "bf" else 1.0
 

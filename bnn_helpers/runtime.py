@@ -1,0 +1,91 @@
+"""The process a run executes in: distributed setup (torchrun or SLURM variables), the
+device, seeding, determinism and signal handling."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import signal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import TrainError
+
+__all__ = ["setup_distributed", "resolve_device", "seed_everything", "determinism", "stop_on_signals"]
+
+
+def _slurm_to_torch_env() -> None:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from SLURM when srun started one task per GPU."""
+    env = os.environ
+    if "RANK" in env or int(env.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in env:
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in env:
+        nodes = env.get("SLURM_STEP_NODELIST", env.get("SLURM_NODELIST", "localhost"))
+        m = re.match(r"([^,\[]+)(?:\[(\d+))?", nodes)  # "gpu[03-06,09]" -> "gpu03"
+        env["MASTER_ADDR"] = m.group(1) + (m.group(2) or "")
+    env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+
+
+def setup_distributed(device_kind: str) -> tuple[int, int, int, bool]:
+    """(rank, world_size, local_rank, created) from torchrun/SLURM variables."""
+    _slurm_to_torch_env()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        if device_kind == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        return rank, world, local, True
+    return rank, world, local, False
+
+
+def resolve_device(cfg: dict) -> str:
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda but no CUDA GPU is visible; use --device cpu")
+    if cfg["device"] == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg["device"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def stop_on_signals(request_stop):
+    """SIGTERM/SIGINT call ``request_stop(signum)`` instead of ending the process (main thread only)."""
+    previous = {}
+    handler = lambda signum, frame: request_stop(signum)  # noqa: E731
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave the defaults
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def determinism(cfg: dict):
+    """``deterministic: true``: deterministic algorithms and no cuDNN autotuning, restored on exit."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    bench = torch.backends.cudnn.benchmark
+    if cfg["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg["deterministic"]
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = bench

@@ -1,0 +1,48 @@
+"""Adaptive gradient clipping: timm's clipping, our clip count and classifier exclusion."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.utils import adaptive_clip_grad
+
+from bnn_helpers import create_model
+from bnn_helpers.agc import clip_gradients, clip_gradients_, clipped_units, parameters_except_classifier
+
+
+def _layer_with_grads():
+    """Two output units: unit 0's gradient is tiny (kept), unit 1's huge (clipped)."""
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)                        # |w_unit| = 2
+    layer.weight.grad = torch.tensor([[1e-4] * 4, [10.0] * 4])
+    return layer
+
+
+def test_clipped_units_known_answer():
+    layer = _layer_with_grads()
+    assert clipped_units(layer.weight, clip_factor=0.02, eps=1e-3).flatten().tolist() == [False, True]
+
+
+def test_clip_gradients_equals_timm_and_reports_the_share():
+    ours, theirs = _layer_with_grads(), _layer_with_grads()
+    share = clip_gradients(ours.parameters(), clip_factor=0.02, eps=1e-3)
+    adaptive_clip_grad(theirs.parameters(), clip_factor=0.02, eps=1e-3)
+    assert share == pytest.approx(0.5)
+    assert torch.equal(ours.weight.grad, theirs.weight.grad)
+    assert ours.weight.grad[1].norm() == pytest.approx(0.02 * 2.0)   # rescaled to the bound
+
+
+def test_clip_gradients_without_gradients_is_zero():
+    layer = nn.Linear(3, 3)
+    assert float(clip_gradients_(layer.parameters())) == 0.0
+
+
+def test_parameters_except_classifier_skips_the_head_and_frozen_ones():
+    model = create_model("reactnet_a_bf", num_classes=10, width_mult=0.25)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    params = parameters_except_classifier(model)
+    assert params and not head & {id(p) for p in params}
+    frozen = copy.deepcopy(model)
+    frozen.stem.conv.weight.requires_grad_(False)
+    assert len(parameters_except_classifier(frozen)) == len(params) - 1
