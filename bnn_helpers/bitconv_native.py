@@ -415,11 +415,3 @@ def kernel_profile():
     finally:
         lib.bnn_profile(0)
 
-
-def __getattr__(name):
-    # Old home of latency_table, until notebook 08 imports it from bnn_helpers.latency.
-    if name == "latency_table":
-        from .latency import latency_table
-
-        return latency_table
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

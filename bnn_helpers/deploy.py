@@ -327,16 +327,3 @@ def float_size_bytes(model: nn.Module) -> int:
     """Bytes of the float32 checkpoint (parameters and buffers of the state dict)."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
-
-def __getattr__(name):
-    # Old homes of two measurements, until notebook 08 imports them from their modules;
-    # imported on access so that deployment code does not pull in pandas.
-    if name == "count_sign_ties":
-        from .diagnostics import count_sign_ties
-
-        return count_sign_ties
-    if name == "inference_op_table":
-        from .complexity import inference_op_table
-
-        return inference_op_table
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

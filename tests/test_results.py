@@ -1,0 +1,74 @@
+"""The reference-run loader (bnn_helpers.results) and the runs the repository ships."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from bnn_helpers import results as R
+
+
+def _fake_run(folder, name, model, seed, top1_by_step, stats=True):
+    run = folder / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": model, "seed": seed}))
+    rows = [{"step": step, "epoch": e + 1, "val_top1": v}
+            for step, values in top1_by_step.items() for e, v in enumerate(values)]
+    pd.DataFrame(rows).to_csv(run / "summary.csv", index=False)
+    if stats:
+        pd.DataFrame({"step": [1, 2], "optimizer_step": [1, 1], "flip_ratio": [0.0, 0.01]}).to_csv(
+            run / "stats.csv", index=False)
+
+
+@pytest.fixture
+def fake_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "results_dir", lambda: tmp_path)
+    _fake_run(tmp_path / "demo", "bf_s0", "reactnet_a_bf", 0, {1: [50.0, 70.0, 60.0], 2: [80.0, 90.0]})
+    _fake_run(tmp_path / "demo", "bn_s1", "reactnet_a_bn", 1, {1: [20.0, 30.0], 2: [40.0, 35.0]})
+    return tmp_path
+
+
+def test_load_reference_runs_is_one_tidy_table(fake_results):
+    curves = R.load_reference_runs("demo")
+    assert list(curves.columns[:3]) == ["run", "mode", "seed"]
+    assert set(curves["run"]) == {"bf_s0", "bn_s1"} and len(curves) == 5 + 4
+    assert set(zip(curves["mode"], curves["seed"])) == {("bf", 0), ("bn", 1)}
+    stats = R.load_reference_runs("demo", "stats")
+    assert len(stats) == 4 and "flip_ratio" in stats
+
+
+def test_best_per_step_takes_best_and_last_epoch(fake_results):
+    best = R.best_per_step(R.load_reference_runs("demo")).set_index(["mode", "step"])
+    assert best.loc[("bf", 1), "best"] == 70.0 and best.loc[("bf", 1), "last"] == 60.0
+    assert best.loc[("bn", 2), "best"] == 40.0 and best.loc[("bn", 2), "last"] == 35.0
+
+
+def test_missing_sets_and_tables_say_what_to_do(fake_results):
+    with pytest.raises(FileNotFoundError, match="make reference-runs"):
+        R.load_reference_runs("absent")
+    with pytest.raises(ValueError, match="summary, stats"):
+        R.load_reference_runs("demo", "weights")
+    _fake_run(fake_results / "nostats", "bf_s0", "reactnet_a_bf", 0, {1: [1.0]}, stats=False)
+    with pytest.raises(FileNotFoundError, match="--track-stats"):
+        R.load_reference_runs("nostats", "stats")
+
+
+def test_collect_run_copies_logs_not_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "results_dir", lambda: tmp_path / "results")
+    run = tmp_path / "run"
+    (run / "step1").mkdir(parents=True)
+    for name in ("config.yaml", "summary.csv", "stats.csv", "step1/best.pth"):
+        (run / name).write_text("x")
+    target = R.collect_run(run, "bf_s0", "demo")
+    assert sorted(p.name for p in target.iterdir()) == ["config.yaml", "stats.csv", "summary.csv"]
+
+
+def test_shipped_digits_20ep_runs_are_complete():
+    # The set the README and notebook 06 quote: 3 modes x 3 seeds, 20 epochs per step, with stats.
+    curves = R.load_reference_runs("digits_20ep")
+    assert sorted(set(zip(curves["mode"], curves["seed"]))) == sorted(
+        (mode, seed) for mode in ("bf", "bn", "none") for seed in (0, 1, 2))
+    per_run = curves.groupby(["mode", "seed", "step"])["epoch"].apply(sorted)
+    assert all(epochs == list(range(1, 21)) for epochs in per_run) and len(per_run) == 18
+    stats = R.load_reference_runs("digits_20ep", "stats")
+    assert set(zip(stats["mode"], stats["seed"])) == set(zip(curves["mode"], curves["seed"]))
