@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib.ticker
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -209,10 +210,11 @@ def plot_accuracy_curves(run_dirs, title: str | None = None):
                     marker="o", markersize=3, label=f"{label} val")
             ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":",
                     label=f"{label} train")
+    xlabel = "epoch (step 1, then step 2 after the dashed line)" if boundaries else "epoch"
     for ax, ylabel, name in ((ax_acc, "top-1 accuracy (%)", "Top-1 accuracy"),
                              (ax_loss, "loss (nats)", "Loss")):
-        _finish_axis(ax, boundaries, "epoch (step 1, then step 2 after the dashed line)",
-                     ylabel, name)
+        _finish_axis(ax, boundaries, xlabel, ylabel, name)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title or "Training curves")
     return fig
 
