@@ -45,6 +45,7 @@ import torch.nn as nn
 from .agc import clipped_units, parameters_except_classifier
 from .hooks import buffers_restored, eval_mode, removing_hooks
 from .layers import RSign
+from .metrics import top1_hits
 # sign_layers, binary_sign, StatsRecorder, STATS_COLUMNS: re-exported (documented here)
 from .sign_stats import STATS_COLUMNS, StatsRecorder, binary_sign, sign_layers, unwrap
 
@@ -233,7 +234,7 @@ def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
         try:
             for start in range(0, len(y), batch_size):
                 logits = model(x[start:start + batch_size])
-                hits += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+                hits += int(top1_hits(logits, y[start:start + batch_size]))
         finally:
             for module, training in modes:
                 module.training = training
@@ -273,7 +274,7 @@ def compare_predictions(reference: torch.Tensor, other: torch.Tensor, rounding_b
               "accuracy_tolerance": 100.0 * float((~decided).sum()) / max(len(reference), 1)}
     if labels is not None:
         for key, logits in (("top-1 reference %", reference), ("top-1 other %", other)):
-            result[key] = 100.0 * int((logits.argmax(1) == labels).sum()) / len(labels)
+            result[key] = 100.0 * int(top1_hits(logits, labels)) / len(labels)
     return result
 
 

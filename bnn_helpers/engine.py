@@ -32,7 +32,8 @@ from .run_dir import (SUMMARY_COLUMNS, append_rows, plain, remove_if_only_config
 from .runtime import resolve_device, seed_everything, setup_distributed
 from .sign_stats import StatsRecorder
 from .teacher import load_teacher
-from .training_step import autocast, make_optimizer, make_scheduler, topk_hits, training_step
+from .metrics import topk_hits
+from .training_step import autocast, make_optimizer, make_scheduler, training_step
 
 __all__ = ["Trainer", "Interrupted"]
 

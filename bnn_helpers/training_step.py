@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .agc import clip_gradients_
 
-__all__ = ["StepOutput", "autocast", "make_optimizer", "make_scheduler", "training_step", "topk_hits"]
+__all__ = ["StepOutput", "autocast", "make_optimizer", "make_scheduler", "training_step"]
 
 
 class StepOutput(NamedTuple):
@@ -100,9 +100,3 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, obj
         optimizer.step()
     return StepOutput(loss, logits, clip_share)
 
-
-@torch.no_grad()
-def topk_hits(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-1 hits, top-``k`` hits) of a batch as 0-d tensors on its device (no host sync)."""
-    top = logits.detach().topk(min(k, logits.shape[1]), dim=1).indices == y[:, None]
-    return top[:, 0].sum(), top.any(dim=1).sum()

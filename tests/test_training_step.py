@@ -7,7 +7,8 @@ from timm.utils import adaptive_clip_grad
 from bnn_helpers import create_model
 from bnn_helpers.agc import parameters_except_classifier
 from bnn_helpers.losses import Objective
-from bnn_helpers.training_step import make_optimizer, make_scheduler, topk_hits, training_step
+from bnn_helpers.metrics import topk_hits
+from bnn_helpers.training_step import make_optimizer, make_scheduler, training_step
 
 
 @pytest.fixture
@@ -82,3 +83,15 @@ def test_topk_hits():
     hit1, hit2 = topk_hits(logits, torch.tensor([0, 1, 1]), k=2)
     assert (int(hit1), int(hit2)) == (1, 3)
     assert [int(h) for h in topk_hits(logits, torch.tensor([0, 1, 1]), k=5)] == [1, 3]  # k > classes
+
+
+def test_top1_is_argmax_everywhere_even_on_exact_ties():
+    # topk may order tied classes either way; argmax takes the first. Engine logs and the
+    # notebooks' evaluations count top-1 the same way.
+    from bnn_helpers.diagnostics import top1_accuracy
+
+    logits = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 0.0, 0.0]])
+    y = torch.tensor([0, 1, 0])
+    hit1, _ = topk_hits(logits, y, k=2)
+    assert int(hit1) == 3
+    assert top1_accuracy(torch.nn.Identity(), logits, y) == pytest.approx(100.0)
