@@ -63,11 +63,12 @@ reference-runs: $(STAMP)
 # Other machines pick other kernels and reduction orders. Run both README commands the
 # way three of them would (ATEN_CPU_CAPABILITY=default / avx2, one OpenMP thread), each
 # with empty caches; one line per run in portability/summary.txt. ~1.5 h on 2 cores.
-# PORTABILITY_TARGETS="test" runs only the test suite.
+# PORTABILITY_TARGETS="test" runs only the test suite; PORTABILITY_VARIANTS picks the machines.
 PORTABILITY_TARGETS ?= test tutorial
+PORTABILITY_VARIANTS ?= ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1
 portability: $(STAMP)
 	@mkdir -p portability; : > portability/summary.txt
-	@for variant in ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1; do \
+	@for variant in $(PORTABILITY_VARIANTS); do \
 	  for target in $(PORTABILITY_TARGETS); do \
 	    tag=$$(echo $$variant | tr '=' '_')_$$target; scratch=$$(mktemp -d); start=$$(date +%s); \
 	    env $$variant BNN_CHECKPOINTS_DIR=$$scratch/checkpoints BNN_RUNS_DIR=$$scratch/runs \
