@@ -51,7 +51,7 @@ def build_model(cfg: dict, binary_weights: bool, num_classes: int) -> nn.Module:
                   beta_schedule=cfg["beta_schedule"], width_mult=cfg["width_mult"],
                   estimator=cfg["estimator"])
     if name.startswith("reactnet_18"):
-        small = cfg["dataset"] in ("cifar10", "cifar100", "digits")
+        small = cfg["dataset"] in ("cifar10", "cifar100", "digits", "photos")
         kwargs["stem"] = cfg["stem"] or ("cifar" if small else "imagenet")
     return create_model(name, **kwargs)
 

@@ -102,7 +102,7 @@ _SPEC: dict[str, tuple] = {
     "estimator": ("approx", str, "sign backward: approx, ste or identity"),
     "stem": (None, str, "reactnet_18 stem: imagenet or cifar"),
     # data
-    "dataset": ("digits", str, "imagenet, cifar10, cifar100, digits or folder"),
+    "dataset": ("digits", str, "imagenet, cifar10, cifar100, digits, photos or folder"),
     "data_dir": (None, str, "dataset root (ImageFolder root holds train/ and val/)"),
     "download": (True, bool, "download torchvision datasets when missing"),
     "image_size": (224, int, "training crop size (imagenet/folder)"),
@@ -148,7 +148,7 @@ DEFAULTS = {k: v[0] for k, v in _SPEC.items()}
 _CHOICES = {
     "step": ("both", "1", "2"), "device": ("auto", "cpu", "cuda"), "resume_from": ("last", "best"),
     "beta_schedule": ("published", "nf"), "estimator": ("approx", "ste", "identity"),
-    "dataset": ("imagenet", "cifar10", "cifar100", "digits", "folder"),
+    "dataset": ("imagenet", "cifar10", "cifar100", "digits", "photos", "folder"),
     "lr_schedule": ("published", "linear", "constant"), "optimizer": ("adam", "sgd"),
     "amp": ("none", "bf16", "fp16"), "loss": ("kd", "ce"),
     "progress": ("auto", "tqdm", "log", "none"), "stem": (None, "imagenet", "cifar"),

@@ -13,6 +13,8 @@
   normalised with its own training set's channel statistics.
 * ``digits``: scikit-learn's bundled 8x8 digits (real data, offline), upsampled
   to 32x32 with 3 channels, a fixed seeded 1437/360 split, kept in memory.
+* ``photos``: 21 classes of 32x32 patches of the photos scikit-image and
+  scikit-learn ship (:mod:`bnn_helpers.photos`), 6300/1260, kept in memory.
 
 ``make_loader`` shards every global batch over the processes so that N
 processes with batch B/N see exactly the samples one process sees with batch B.
@@ -211,11 +213,18 @@ def build_datasets(cfg):
         (xt, yt), (xv, yv) = load_digits_tensors(32)
         classes = [str(i) for i in range(10)]
         return InMemoryDataset(xt, yt, classes), InMemoryDataset(xv, yv, classes), 10
+    if name == "photos":
+        from .photos import PHOTO_CLASSES, load_photo_patches
+
+        (xt, yt), (xv, yv) = load_photo_patches(32)
+        n = len(PHOTO_CLASSES)
+        return InMemoryDataset(xt, yt, PHOTO_CLASSES), InMemoryDataset(xv, yv, PHOTO_CLASSES), n
     if name in ("cifar10", "cifar100"):
         return _cifar_datasets(cfg)
     if name in ("imagenet", "folder"):
         return _folder_datasets(cfg)
-    raise TrainError(f"unknown dataset {name!r}; valid: imagenet, cifar10, cifar100, digits, folder")
+    raise TrainError(f"unknown dataset {name!r}; valid: imagenet, cifar10, cifar100, digits, photos, "
+                     "folder")
 
 
 class ShardedBatchSampler(Sampler):

@@ -26,7 +26,7 @@ from .paths import repo_root
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "collect_run"]
 
 # Sets the repository ships, and the file every run of the set must have.
-REFERENCE_SETS = {"digits_20ep": "summary.csv"}
+REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
 TABLES = ("summary", "stats")
 
 
@@ -57,10 +57,13 @@ def load_reference_runs(name: str = "digits_20ep", table: str = "summary") -> pd
     return pd.concat(frames, ignore_index=True)
 
 
-def best_per_step(summary: pd.DataFrame) -> pd.DataFrame:
-    """Best and last-epoch val top-1 of every run and step (columns best, last)."""
+def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
+    """Best and last-epoch val top-1 of every run and step (columns best, last).
+
+    ``by`` names the columns that identify a run (a sweep adds ``setting``).
+    """
     ordered = summary.sort_values(["run", "step", "epoch"])
-    grouped = ordered.groupby(["mode", "seed", "step"])["val_top1"]
+    grouped = ordered.groupby([*by, "step"])["val_top1"]
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
 
 
