@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install test tutorial notebooks figures lab benchmark reference-runs portability clean
+.PHONY: install test tutorial notebooks figures lab benchmark reference-runs photos-grid portability clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ reference-runs: $(STAMP)
 	    --run-dir $$run --threads 1 --track-stats true --progress log --overwrite true || exit 1; \
 	  $(PY) -m bnn_helpers.results $$run $${mode}_s$$seed digits_20ep || exit 1; \
 	done; done
+
+# The search for a CPU-sized setting where deleting BN hurts (results/photos_grid, Figs/
+# photos_grid.png): optimizers x learning rates x bn/none/bf x seeds on the photos task,
+# two one-thread runs at a time; finished runs are kept, so rerunning continues.
+photos-grid: $(STAMP)
+	$(PY) -m bnn_helpers.sweep configs/sweeps/photos_grid.yaml
 
 # Other machines pick other kernels and reduction orders. Run both README commands the
 # way three of them would (ATEN_CPU_CAPABILITY=default / avx2, one OpenMP thread), each

@@ -34,11 +34,15 @@ def results_dir() -> Path:
     return repo_root(Path(__file__).parent) / "results"
 
 
-def load_reference_runs(name: str = "digits_20ep", table: str = "summary") -> pd.DataFrame:
-    """Every run of the reference set ``name`` as one DataFrame (``table``: summary or stats)."""
+def load_reference_runs(name: str = "digits_20ep", table: str = "summary",
+                        root: str | Path | None = None) -> pd.DataFrame:
+    """Every run of the reference set ``name`` as one DataFrame (``table``: summary or stats).
+
+    ``root`` is the folder holding the sets (default: the repository's ``results/``).
+    """
     if table not in TABLES:
         raise ValueError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
-    folder = results_dir() / name
+    folder = Path(root or results_dir()) / name
     runs = sorted(p for p in folder.glob("*/") if (p / "summary.csv").is_file())
     if not runs:
         raise FileNotFoundError(f"no reference runs under {folder}; regenerate them with "
@@ -67,10 +71,11 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
 
 
-def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep") -> Path:
-    """Copy a finished run's logs (not its weights) into ``results/<set_name>/<name>/``."""
+def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep",
+                root: str | Path | None = None) -> Path:
+    """Copy a finished run's logs (not its weights) into ``<root>/<set_name>/<name>/``."""
     run_dir = Path(run_dir)
-    target = results_dir() / set_name / name
+    target = Path(root or results_dir()) / set_name / name
     target.mkdir(parents=True, exist_ok=True)
     for file in ("config.yaml", "summary.csv", "stats.csv"):
         if (run_dir / file).is_file():

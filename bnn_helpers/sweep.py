@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from .config import TrainError
-from .paths import repo_root
+from .paths import repo_root, runs_dir
 from .plotting import savefig
 from .results import best_per_step, collect_run, load_reference_runs, results_dir
 
@@ -70,7 +70,7 @@ def _finished(folder: Path) -> bool:
     return (folder / "sweep.yaml").is_file() and (folder / "summary.csv").is_file()
 
 
-def _train(sweep: dict, run: tuple, scratch: Path) -> str:
+def _train(sweep: dict, run: tuple, scratch: Path, root: Path) -> str:
     name, setting, mode, seed, overrides = run
     run_dir = scratch / name
     cmd = [sys.executable, "-m", "bnn_helpers.train", "--config", sweep["config"].format(mode=mode),
@@ -86,7 +86,7 @@ def _train(sweep: dict, run: tuple, scratch: Path) -> str:
     diverged = rc != 0 and "non-finite" in log.read_text()
     if rc != 0 and not (diverged and (run_dir / "summary.csv").is_file()):
         return f"{name}: FAILED (exit {rc}; log: {log})"
-    folder = collect_run(run_dir, name, sweep["name"])
+    folder = collect_run(run_dir, name, sweep["name"], root)
     minutes = (time.perf_counter() - start) / 60
     (folder / "sweep.yaml").write_text(yaml.safe_dump(
         {"setting": setting, "mode": mode, "seed": seed, "overrides": overrides,
@@ -94,10 +94,11 @@ def _train(sweep: dict, run: tuple, scratch: Path) -> str:
     return f"{name}: {'diverged' if diverged else 'done'} in {minutes:.1f} min"
 
 
-def load_grid(name: str) -> pd.DataFrame:
+def load_grid(name: str, root: str | Path | None = None) -> pd.DataFrame:
     """Every run of sweep ``name`` (its summary rows) with its setting and wall minutes."""
-    runs = load_reference_runs(name)
-    meta = {run: yaml.safe_load((results_dir() / name / run / "sweep.yaml").read_text())
+    root = Path(root or results_dir())
+    runs = load_reference_runs(name, root=root)
+    meta = {run: yaml.safe_load((root / name / run / "sweep.yaml").read_text())
             for run in runs["run"].unique()}
     runs.insert(1, "setting", runs["run"].map(lambda r: meta[r]["setting"]))
     runs["wall_minutes"] = runs["run"].map(lambda r: meta[r]["wall_minutes"])
@@ -152,31 +153,42 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", nargs="+", help="only these settings")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--table-only", action="store_true", help="only re-tabulate results")
-    parser.add_argument("--scratch", default="runs/sweeps", help="run directories (weights)")
+    parser.add_argument("--scratch", help="run directories with weights (default <runs>/sweeps)")
+    parser.add_argument("--results", help="where results/<name>/ goes (default: the repo's results/)")
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
+        root = Path(args.results) if args.results else results_dir()
         todo = [r for r in planned_runs(sweep, args.seeds, args.settings)
-                if not _finished(results_dir() / sweep["name"] / r[0])]
+                if not _finished(root / sweep["name"] / r[0])]
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    failed = 0
     if not args.table_only and todo:
-        scratch = Path(args.scratch) / sweep["name"]
+        scratch = Path(args.scratch or runs_dir() / "sweeps") / sweep["name"]
         scratch.mkdir(parents=True, exist_ok=True)
         print(f"{len(todo)} runs to do, {args.jobs} at a time", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
-            for line in pool.map(lambda run: _train(sweep, run, scratch), todo):
+            for line in pool.map(lambda run: _train(sweep, run, scratch, root), todo):
                 print(line, flush=True)
-    runs = load_grid(sweep["name"])
+                failed += "FAILED" in line
+    try:
+        runs = load_grid(sweep["name"], root)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     table = grid_table(runs)
-    out = results_dir() / sweep["name"]
+    out = root / sweep["name"]
     table.round(2).to_csv(out / "grid.csv", index=False)
     figure = savefig(plot_grid(runs), sweep["name"])
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(1).to_string(index=False))
     print(f"wrote {out / 'grid.csv'} and {figure}")
-    return 0
+    if failed:
+        print(f"error: {failed} run(s) failed; see their logs above, fix, and rerun the same "
+              "command (finished runs are kept)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

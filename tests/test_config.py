@@ -33,11 +33,22 @@ def test_invalid_settings_are_one_train_error(overrides, message):
 
 
 def test_shipped_recipes_load():
-    recipes = sorted(CONFIGS.rglob("*.yaml"))
+    recipes = sorted(p for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.parts)
     assert recipes
     for path in recipes:
         cfg = load_config(path, {"data_dir": "/data"} if "imagenet" in path.parts else None)
         assert cfg["model"]
+
+
+def test_shipped_sweeps_name_valid_recipes_and_overrides():
+    from bnn_helpers.sweep import load_sweep, planned_runs
+
+    sweeps = sorted((CONFIGS / "sweeps").glob("*.yaml"))
+    assert sweeps
+    for path in sweeps:
+        sweep = load_sweep(path)
+        for _, _, mode, _, overrides in planned_runs(sweep):
+            load_config(CONFIGS.parent / sweep["config"].format(mode=mode), overrides)
 
 
 def test_steps_of_binary_and_real_valued_models():
