@@ -21,6 +21,13 @@ Weights (one per-output-channel scale ``a = mean|w|``, detached)
                                            multiply by ``gain``; analytic backward
     ``standardize_weight(w, gain)``        the real scaled-WS weight, fused
 
+The two standardized weight paths run natively for float32 contiguous CPU
+weights (:mod:`bnn_helpers.weight_native`: forward reads the weights from memory
+once, backward the weights and the gradient, statistics in double); every other case,
+``BNN_NATIVE=0`` / ``bitconv_native.use_reference()``, or a library that cannot
+be built takes the torch code here, which computes the same values to float32
+rounding.
+
 ``reference_*`` functions are the straightforward autograd compositions of the
 same formulas (what the notebooks build as toys); the tests check the fused
 versions against them and the benchmarks time both. ``use_reference()``
@@ -32,6 +39,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from . import weight_native
 
 __all__ = [
     "sign_identity",
@@ -209,9 +218,37 @@ def binarize_weight(w: torch.Tensor) -> torch.Tensor:
     return _BinarizeWeight.apply(w)
 
 
+def _native_forward(ctx, w, gain, eps, binarize):
+    """The native forward (see :mod:`.weight_native`) or None when the torch code must run.
+
+    The native backward has no STE mask, so binarizing needs ``_clamp_never_clips``.
+    """
+    lib = weight_native.lib_for(w, gain)
+    ctx.lib = lib if lib is not None and (not binarize or _clamp_never_clips(w)) else None
+    if ctx.lib is None:
+        return None
+    out, stats = weight_native.forward(ctx.lib, w, gain, eps, binarize)
+    ctx.save_for_backward(w, gain, stats)
+    return out
+
+
+def _native_backward(ctx, grad, binarize):
+    if torch.is_grad_enabled():  # create_graph=True: the native backward builds no graph
+        raise RuntimeError("the fused weight paths are not twice differentiable; use the "
+                           "autograd composition (bnn_helpers.binarize.use_reference())")
+    w, gain, stats = ctx.saved_tensors
+    grad_w, grad_gain = weight_native.backward(
+        ctx.lib, w, grad, stats, gain, binarize, ctx.needs_input_grad[0],
+        gain is not None and ctx.needs_input_grad[1])
+    return grad_w, grad_gain, None
+
+
 class _StandardizeWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, gain, eps):
+        out = _native_forward(ctx, w, gain, eps, binarize=False)
+        if out is not None:
+            return out
         centred, mean, std, s, c = _std_stats(w, eps)
         ctx.save_for_backward(w, mean, std, s, gain)
         ctx.c = c
@@ -220,6 +257,8 @@ class _StandardizeWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.lib is not None:
+            return _native_backward(ctx, grad, binarize=False)
         w, mean, std, s, gain = ctx.saved_tensors
         c = ctx.c
         centred, _ = _centre(w)
@@ -246,6 +285,9 @@ def standardize_weight(w: torch.Tensor, gain: torch.Tensor | None = None,
 class _BinarizeStandardizedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, gain, eps):
+        out = _native_forward(ctx, w, gain, eps, binarize=True)
+        if out is not None:
+            return out
         centred, mean, std, s, c = _std_stats(w, eps)
         n = w[0].numel()
         # mean|w_hat| = c/s * mean|u|
@@ -258,6 +300,8 @@ class _BinarizeStandardizedWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.lib is not None:
+            return _native_backward(ctx, grad, binarize=True)
         w, mean, std, s, gain, scale = ctx.saved_tensors
         c = ctx.c
         buf, _ = _centre(w)

@@ -1,6 +1,8 @@
-"""Building and loading the native 1-bit kernels (``csrc/bitconv.cpp``): the compiler,
-the cache folder and key, the compile itself, and the ``ctypes`` signatures. See
-:mod:`bnn_helpers.bitconv_native` for where they run and how to switch them.
+"""Building and loading the native library (``csrc/bitconv.cpp``: the 1-bit kernels,
+``csrc/weight_path.cpp``: the BN-free training weight path): the compiler, the cache
+folder and key, the compile itself, and the ``ctypes`` signatures. See
+:mod:`bnn_helpers.bitconv_native` and :mod:`bnn_helpers.weight_native` for where they
+run and how to switch them.
 """
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["SOURCE", "FLAGS", "ABI_VERSION", "BlockA", "cache_dir", "find_compiler", "library_path",
+__all__ = ["SOURCE", "SOURCES", "FLAGS", "ABI_VERSION", "BlockA", "cache_dir", "find_compiler", "library_path",
            "compile_library", "load_library", "build_and_load"]
 
 SOURCE = Path(__file__).with_name("csrc") / "bitconv.cpp"
-FLAGS = ("-O3", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math",
-         "-fvisibility=hidden")
-ABI_VERSION = 1
+SOURCES = (SOURCE, SOURCE.with_name("weight_path.cpp"))  # compiled into one library
+# -pthread: the weight path starts std::threads (a no-op on glibc >= 2.34, needed before)
+FLAGS = ("-O3", "-std=c++14", "-fPIC", "-shared", "-pthread", "-ffp-contract=off",
+         "-fno-fast-math", "-fvisibility=hidden")
+ABI_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -41,7 +45,7 @@ def find_compiler() -> str | None:
 
 def library_path(compiler: str) -> Path:
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), repr(FLAGS).encode(), os.path.realpath(compiler).encode(),
+    for part in (*(src.read_bytes() for src in SOURCES), repr(FLAGS).encode(), os.path.realpath(compiler).encode(),
                  platform.machine().encode(), sys.platform.encode(), str(ABI_VERSION).encode()):
         key.update(part)
         key.update(b"\0")
@@ -54,7 +58,7 @@ def compile_library(compiler: str, target: Path) -> float:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)],
+        proc = subprocess.run([compiler, *FLAGS, "-o", str(tmp), *map(str, SOURCES)],
                               capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as err:
         raise RuntimeError(f"running {compiler} failed: {err}") from None
@@ -101,6 +105,13 @@ def load_library(path: Path):
     lib.bnn_conv.restype = None
     lib.bnn_block_a.argtypes = [ctypes.POINTER(BlockA), ptr, i64, i64, i64, ptr, ptr, ptr]
     lib.bnn_block_a.restype = None
+    dbl, i32 = ctypes.c_double, ctypes.c_int
+    lib.bnn_ws_forward.argtypes = [ptr, i64, i64, dbl, ptr, i32, ptr, ptr, i32]
+    lib.bnn_ws_forward.restype = None
+    lib.bnn_ws_backward.argtypes = [ptr, ptr, i64, i64, ptr, ptr, i32, ptr, ptr, i32]
+    lib.bnn_ws_backward.restype = None
+    lib.bnn_ws_simd.argtypes = [i32]
+    lib.bnn_ws_simd.restype = i32
     if lib.bnn_abi_version() != ABI_VERSION or lib.bnn_block_a_size() != ctypes.sizeof(BlockA):
         raise RuntimeError(f"{path} does not match this bnn_helpers (ABI/struct mismatch)")
     return lib

@@ -23,13 +23,19 @@ What runs natively (``csrc/bitconv.cpp``, plain C ABI loaded with :mod:`ctypes`)
   RPReLU, sign, the 1x1 convs, RPReLU) on channels-last floats: one call per
   block instead of ~20 PyTorch ops, which is what matters for small inputs.
 
-It is built on first use (:mod:`bnn_helpers.bitconv_build`) with the machine's
+The same library holds the native training weight path of the BN-free convs
+(``csrc/weight_path.cpp``, called from :mod:`bnn_helpers.binarize` through
+:mod:`bnn_helpers.weight_native`); it follows the switch below, except that a
+failed build falls back silently and other dtypes simply take the torch path.
+
+It is built on first use (the first packed forward, or the first CPU float32
+training forward of a standardized conv; :mod:`bnn_helpers.bitconv_build`) with the machine's
 C++ compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``) in a few seconds (6 s on a busy 2-core VM) into a cache folder
 (``$BNN_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/bnn_helpers/native``, else
 ``~/.cache/bnn_helpers/native``) under a key of the source, flags, compiler and
 platform; later processes just load it. It is compiled without
-``-march=native``: the popcount loops exist twice (baseline and POPCNT) and
-the CPU picks at run time, so a cache shared between machines stays correct.
+``-march=native``: the popcount loops exist twice (baseline and POPCNT), the
+weight-path loops too (baseline and AVX2), and the CPU picks at run time, so a cache shared between machines stays correct.
 No torch headers and no ninja are needed (a ``torch.utils.cpp_extension``
 build of even an empty extension took 42 s and 1.5 GB on that VM, and needs ninja).
 

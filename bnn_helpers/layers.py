@@ -12,8 +12,9 @@ the convolution really uses, so ``layer(x) == F.conv2d(x, layer.effective_weight
 (up to float rounding where the CPU matmul path below is taken).
 
 Speed (see ``benchmarks/README.md``): the effective weight is one fused
-autograd Function; in eval mode under ``no_grad`` it is cached until a
-parameter changes. On CPU a conv whose output has at most
+autograd Function (for the standardized convs on CPU float32, one native call
+each way, :mod:`bnn_helpers.weight_native`); in eval mode under ``no_grad`` it
+is cached until a parameter changes. On CPU a conv whose output has at most
 ``SMALL_OUTPUT_PIXELS`` pixels (the last stages of a 32x32 network) runs as
 unfold + one matmul, skipping kernel taps that only ever see padding: oneDNN's
 backward for such shapes is 3-6x slower. ``bnn_helpers.binarize.use_reference``

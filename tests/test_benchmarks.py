@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gpu_throughput  # noqa: E402
 import train_step  # noqa: E402
+import weight_path  # noqa: E402
 
 
 def test_train_step_quick_writes_complete_json(tmp_path):
@@ -31,6 +32,21 @@ def test_train_step_quick_writes_complete_json(tmp_path):
     assert len(saved["memory"]) == 1 and saved["memory"][0]["batch"] == 2
     assert {r["shape"] for r in saved["eval"]} == {"32px", "224px"}
     assert results["eval"][0]["cached_images_per_s"] > 0
+
+
+def test_weight_path_micro_benchmark_runs(tmp_path):
+    from bnn_helpers import bitconv_native
+
+    try:
+        bitconv_native.build()
+    except RuntimeError as err:
+        pytest.skip(f"native library unavailable: {err}")
+    out = tmp_path / "weight_path.json"
+    med = weight_path.main(["--width", "0.125", "--rounds", "1", "--warmup", "0",
+                            "--json", str(out)])
+    assert set(med) == {"bf native", "bf torch", "bn", "kernel only"}
+    saved = json.loads(out.read_text())["median_ms"]
+    assert all(saved[k]["cpu"] > 0 and saved[k]["fwd_cpu"] >= 0 for k in med)
 
 
 def test_train_step_rejects_bad_arguments():

@@ -3,7 +3,7 @@
 //
 // Plain C ABI, loaded with ctypes by bnn_helpers/bitconv_native.py; no torch headers, so
 // it builds in about a second with any C++11 compiler and does not depend on the torch
-// version. Every entry point is single-threaded and works on caller-owned buffers.
+// version. These entry points are single-threaded (weight_path.cpp's are threaded).
 //
 // Portability: the binary is built WITHOUT -march=native. The hot loops are compiled
 // twice, once for the baseline ISA and once with the POPCNT instruction enabled
@@ -40,7 +40,7 @@ namespace {
 using u64 = uint64_t;
 using i64 = int64_t;
 
-constexpr int kAbiVersion = 1;
+constexpr int kAbiVersion = 2;  // 2: + weight_path.cpp
 constexpr int kTile = 4;  // output pixels that share each weight word load
 
 // ---------------------------------------------------------------- profiling
