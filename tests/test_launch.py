@@ -29,7 +29,7 @@ def test_bad_config_fails_before_starting():
 def test_all_shipped_configs_resolve():
     from pathlib import Path
 
-    for path in sorted(Path("configs").rglob("*.yaml")):
+    for path in sorted(p for p in Path("configs").rglob("*.yaml") if "sweeps" not in p.parts):
         cfg = load_config(path, {"data_dir": "/d"} if "imagenet" in str(path) else None)
         assert cfg["epochs"] > 0, path
     published = load_config("configs/imagenet/reactnet_a_none.yaml")
