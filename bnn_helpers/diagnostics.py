@@ -130,7 +130,9 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     ``alpha``), ``branch_var2`` (second half of a ReActNet-A block, both 1x1
     convs together when the block doubles its channels), ``sign_balance1``,
     ``sign_balance2``, ... (share of +1 among the outputs of the k-th RSign of
-    the block; note ``sign(0) = 0`` counts as not +1).
+    the block; note ``sign(0) = 0`` counts as not +1), ``sign_window1``, ... (share of
+    the k-th RSign's thresholded inputs ``u`` with ``|u| < 1``, where the ``approx``
+    and ``ste`` estimators pass a gradient; the rest are saturated signs).
 
     Runs under ``torch.no_grad`` in whatever train/eval mode the caller set.
     The measurement of docs/reference.md §8 uses **train mode**: BN then
@@ -169,6 +171,13 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
             row[column] = float((output > 0).float().mean())
         return hook
 
+    def window_hook(row, column):
+        # the sign's input after its threshold: |u| < 1 is where the approx and ste
+        # estimators pass a gradient; outside it the sign is saturated
+        def hook(module, inputs, output):
+            row[column] = float((output.abs() < 1).float().mean())
+        return hook
+
     with removing_hooks() as handles, buffers_restored(model), torch.no_grad():
         for (i, (_, module)), row in zip(enumerate(points), rows):
             handles.append(module.register_forward_hook(output_hook(row)))
@@ -180,6 +189,7 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
             signs = [m for m in module.modules() if isinstance(m, RSign)]
             for k, sign in enumerate(signs, start=1):
                 handles.append(sign.register_forward_hook(sign_hook(row, f"sign_balance{k}")))
+                handles.append(sign.shift.register_forward_hook(window_hook(row, f"sign_window{k}")))
         handles.append(model.head.register_forward_hook(output_hook(rows[-1])))
         model(x)
 
@@ -188,8 +198,8 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     ordered = ["position", "name", "channels", "height", "width", "avg_sq_mean", "avg_var",
                "branch_var", "branch_var2"]
-    signs = sorted((c for c in table.columns if c.startswith("sign_balance")),
-                   key=lambda c: int(c[len("sign_balance"):]))
+    signs = sorted((c for c in table.columns if c.startswith(("sign_balance", "sign_window"))),
+                   key=lambda c: (c.rstrip("0123456789"), int(c[len(c.rstrip("0123456789")):])))
     for column in ordered:
         if column not in table:
             table[column] = np.nan

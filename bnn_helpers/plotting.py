@@ -5,6 +5,8 @@ directory's CSV files), never a model, and returns a ``matplotlib`` figure:
 
 * :func:`plot_signal_propagation` – squared channel mean and channel variance
   per block, log scale, several variants overlaid;
+* :func:`plot_sign_saturation` – per block: stream variance, share of sign inputs
+  inside the estimator's gradient window, share of +1 signs;
 * :func:`plot_accuracy_curves` – top-1 and loss per epoch from ``summary.csv``;
   step 2 continues after step 1, behind a dashed divider;
 * :func:`plot_training_stats` – flip ratio, sign balances, AGC share from ``stats.csv``;
@@ -140,6 +142,51 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
         ax.set_title(name)
     axes[0].legend(title="variant")
     fig.suptitle(title or "Signal propagation")
+    return fig
+
+
+def _mean_of(table: pd.DataFrame, prefix: str) -> np.ndarray:
+    columns = [c for c in table.columns if c.startswith(prefix)]
+    if not columns:
+        raise ValueError(f"the table has no {prefix}* columns; pass diagnostics.signal_propagation() "
+                         "tables of a network with RSign layers")
+    return table[columns].mean(axis=1, skipna=True).to_numpy(dtype=float)
+
+
+def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str | None = None,
+                         linestyles: Mapping[str, str] | None = None):
+    """Per block: residual-stream variance, signs in the gradient window, share of +1 signs.
+
+    ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``. The
+    middle panel averages the block's ``sign_window*`` columns (share of sign
+    inputs with ``|u| < 1``, where the approx/ste estimators pass a gradient),
+    the right one its ``sign_balance*`` columns (share of +1 outputs).
+    """
+    if not tables_by_label:
+        raise ValueError("plot_sign_saturation needs at least one table: {label: DataFrame}")
+    panels = [("Residual stream after the block", "channel variance (log)", True),
+              ("Sign inputs inside the gradient window", "share with |u| < 1", False),
+              ("Sign outputs", "share of +1", False)]
+    fig, axes = _figure(len(panels))
+    for (label, table), color in zip(tables_by_label.items(), _colors(len(tables_by_label))):
+        blocks = table[table["name"].str.startswith("block")]
+        index = blocks["name"].str.replace("block", "").astype(int).to_numpy()
+        values = (blocks["avg_var"].to_numpy(dtype=float), _mean_of(blocks, "sign_window"),
+                  _mean_of(blocks, "sign_balance"))
+        style = (linestyles or {}).get(label, "-")
+        for ax, y in zip(axes, values):
+            ax.plot(index, y, marker="o", markersize=3, color=color, linestyle=style, label=label)
+    for ax, (name, ylabel, log) in zip(axes, panels):
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set(xlabel="block", ylabel=ylabel, title=name)
+    axes[1].axhline(0, color="0.6", linewidth=0.8)
+    axes[2].axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
+    axes[0].legend(title="network")
+    fig.suptitle(title or "Sign saturation per block")
     return fig
 
 

@@ -94,10 +94,10 @@ def _train(sweep: dict, run: tuple, scratch: Path, root: Path) -> str:
     return f"{name}: {'diverged' if diverged else 'done'} in {minutes:.1f} min"
 
 
-def load_grid(name: str, root: str | Path | None = None) -> pd.DataFrame:
-    """Every run of sweep ``name`` (its summary rows) with its setting and wall minutes."""
+def load_grid(name: str, root: str | Path | None = None, table: str = "summary") -> pd.DataFrame:
+    """Every run of sweep ``name`` (its ``summary`` or ``stats`` rows) with its setting and wall minutes."""
     root = Path(root or results_dir())
-    runs = load_reference_runs(name, root=root)
+    runs = load_reference_runs(name, table=table, root=root)
     meta = {run: yaml.safe_load((root / name / run / "sweep.yaml").read_text())
             for run in runs["run"].unique()}
     runs.insert(1, "setting", runs["run"].map(lambda r: meta[r]["setting"]))
@@ -120,29 +120,44 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def plot_grid(runs: pd.DataFrame, modes=("bn", "none", "bf")):
-    """Best val top-1 of the last step per setting and mode: bars = mean over seeds, dots = seeds."""
+def plot_grid(runs: pd.DataFrame, modes=("bn", "none", "bf"), settings=None, title: str | None = None):
+    """Best val top-1 of the last step per setting and mode.
+
+    Bars = mean over seeds with a ±1 std error bar, dots = single seeds, the mean
+    printed on each bar. ``settings`` fixes the order of the groups (default: as
+    they appear in ``runs``).
+    """
     import matplotlib.pyplot as plt
 
     from .plotting import _colors, use_style
 
     use_style()
     best = best_per_step(runs, by=["setting", "mode", "seed"])
-    best = best[best["step"] == best["step"].max()]
-    settings = list(dict.fromkeys(runs["setting"]))
-    fig, ax = plt.subplots(figsize=(1.6 * len(settings) + 2.0, 3.8), layout="constrained")
+    last_step = best["step"].max()
+    best = best[best["step"] == last_step]
+    settings = list(settings or dict.fromkeys(runs["setting"]))
+    fig, ax = plt.subplots(figsize=(1.8 * len(settings) + 2.0, 4.0), layout="constrained")
     width = 0.8 / len(modes)
     for j, (mode, color) in enumerate(zip(modes, _colors(len(modes)))):
         for i, setting in enumerate(settings):
             vals = best[(best["setting"] == setting) & (best["mode"] == mode)]["best"]
+            if vals.empty:
+                continue
             x = i + (j - (len(modes) - 1) / 2) * width
-            ax.bar(x, vals.mean(), width * 0.9, color=color, label=mode if i == 0 else None)
+            std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+            ax.bar(x, vals.mean(), width * 0.9, yerr=std, capsize=3, color=color,
+                   label=mode if i == 0 else None)
             ax.plot([x] * len(vals), vals, "k.", ms=4)
+            ax.text(x, 3, f"{vals.mean():.0f}", ha="center", va="bottom", fontsize=8, color="white")
     ax.set_xticks(range(len(settings)), settings)
-    ax.set_ylabel(f"best val top-1, step {best['step'].max()} (%)")
+    ax.set_xlabel("optimizer and learning rate")
+    ax.set_ylabel(f"best val top-1, step {last_step} (%)")
     ax.set_ylim(0, 100)
     ax.legend(title="mode", ncol=len(modes), loc="upper left")
-    ax.set_title(f"{runs['run'].nunique()} runs: bars = mean over seeds, dots = single seeds")
+    seeds = runs.groupby(["setting", "mode"])["seed"].nunique()
+    per_bar = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+    ax.set_title(title or f"{runs['run'].nunique()} runs, {per_bar} seed(s) per bar: "
+                 "mean ± std, dots = seeds")
     return fig
 
 
@@ -175,13 +190,16 @@ def main(argv=None) -> int:
                 failed += "FAILED" in line
     try:
         runs = load_grid(sweep["name"], root)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        order = {name: i for i, name in enumerate(sweep["settings"])}
+        runs = runs.sort_values("setting", key=lambda c: c.map(order), kind="stable")
+    except FileNotFoundError:
+        print(f"error: no finished run of {sweep['name']} under {root}: run the sweep "
+              "without --table-only first", file=sys.stderr)
         return 1
     table = grid_table(runs)
     out = root / sweep["name"]
     table.round(2).to_csv(out / "grid.csv", index=False)
-    figure = savefig(plot_grid(runs), sweep["name"])
+    figure = savefig(plot_grid(runs, settings=list(sweep["settings"])), sweep["name"])
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(1).to_string(index=False))
     print(f"wrote {out / 'grid.csv'} and {figure}")

@@ -101,6 +101,18 @@ def test_sign_balance_of_symmetric_input_is_one_half():
     assert table.loc[1, "sign_balance1"] == pytest.approx(0.5, abs=0.03)
 
 
+def test_sign_window_counts_thresholded_inputs_inside_the_unit_interval():
+    # ToyNet's RSign sees the input itself (threshold 0): |N(0, 1)| < 1 for 68.3 % of values,
+    # and scaling the input by 10 leaves only |x| < 0.1 inside, 8.0 %
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+    inside = D.signal_propagation(ToyNet(nn.Identity()), x).loc[1, "sign_window1"]
+    assert inside == pytest.approx(float((x.abs() < 1).float().mean()), abs=1e-6)
+    assert inside == pytest.approx(0.683, abs=0.02)
+    scaled = D.signal_propagation(ToyNet(nn.Identity()), 10 * x).loc[1, "sign_window1"]
+    assert scaled == pytest.approx(0.080, abs=0.02)
+
+
 def test_hooks_are_removed_also_after_an_exception():
     model = ToyNet(nn.Identity(), fail=True)
     with pytest.raises(RuntimeError, match="boom"):

@@ -67,6 +67,19 @@ def test_signal_propagation_plot_has_one_line_per_variant_per_panel():
         P.plot_signal_propagation({"x": pd.DataFrame({"position": [0]})})
 
 
+def test_sign_saturation_plot_averages_the_signs_of_each_block():
+    table = sp_table(1.0).assign(sign_window1=[np.nan, 0.2, 0.6, np.nan], sign_window2=[np.nan, 0.4, 0.8, np.nan],
+                                 sign_balance1=[np.nan, 1.0, 0.5, np.nan])
+    fig = P.plot_sign_saturation({"none": table, "bf": table}, linestyles={"bf": ":"})
+    assert len(fig.axes) == 3 and fig.axes[0].get_yscale() == "log"
+    window = [l for l in fig.axes[1].lines if l.get_label() == "none"][0]
+    assert list(window.get_xdata()) == [1, 2]                       # blocks only, no stem or head
+    assert np.allclose(window.get_ydata(), [0.3, 0.7])              # mean of the block's two signs
+    assert [l for l in fig.axes[2].lines if l.get_label() == "bf"][0].get_linestyle() == ":"
+    with pytest.raises(ValueError, match="sign_window"):
+        P.plot_sign_saturation({"x": sp_table(1.0)})
+
+
 def test_accuracy_curves_continue_step_two_after_step_one(tmp_path):
     runs = {"a": write_run(tmp_path / "a"), "b": write_run(tmp_path / "b", seed=1)}
     fig = P.plot_accuracy_curves(runs)
