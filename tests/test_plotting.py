@@ -151,3 +151,36 @@ def test_figure_script_inputs_and_tables():
     assert all(len(t) == 15 for t in tables.values())
     fig = P.plot_signal_propagation(tables)
     assert all(len(ax.lines) == 3 for ax in fig.axes)
+
+
+def test_predicted_vs_measured_draws_predictions_on_top():
+    x = np.arange(5)
+    panels = {"toy": {"predicted": {"predicted 1 + l/10": (x, 1 + x / 10)},
+                      "measured": {"measured A": (x, 1 + x / 10), "measured B": (x, 0.5 + 0 * x)}},
+              "net": {"predicted": {"predicted 1": (x, np.ones(5))}, "measured": {"measured A": (x, 0.1 * (x + 1))}}}
+    fig = P.plot_predicted_vs_measured(panels, xlabel="block", ylabel="variance", log={"toy": False})
+    toy, net = fig.axes
+    assert toy.get_yscale() == "linear" and net.get_yscale() == "log"
+    lines = {l.get_label(): l for l in toy.lines}
+    assert set(lines) == {"predicted 1 + l/10", "measured A", "measured B"}
+    prediction, measured = lines["predicted 1 + l/10"], lines["measured A"]
+    assert prediction.get_zorder() > measured.get_zorder()           # visible where a measurement lies on it
+    assert prediction.get_linestyle() != "-" and prediction.get_marker() in (None, "None", "")
+    assert measured.get_marker() == "o"
+    # one colour per measured label, shared across panels
+    assert {l.get_label(): l.get_color() for l in net.lines}["measured A"] == measured.get_color()
+    assert toy.get_legend() is not None and toy.get_xlabel() == "block"
+    with pytest.raises(ValueError, match="predicted"):
+        P.plot_predicted_vs_measured({"p": {"expected": {}}}, "x", "y")
+
+
+def test_unitwise_ratios_plot_one_box_per_kind_and_the_clip_line():
+    ratios = pd.DataFrame({"kind": ["a"] * 5 + ["b"] * 3, "ratio": [0.001, 0.01, 0.1, 1.0, 0.0, 5, 6, 7]})
+    fig = P.plot_unitwise_ratios(ratios, clip_factor=0.02)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a (5 units)", "b (3 units)"]
+    clip = [l for l in ax.lines if l.get_linestyle() == "--"]
+    assert len(clip) == 1 and clip[0].get_xdata()[0] == 0.02
+    with pytest.raises(ValueError, match="lacks columns"):
+        P.plot_unitwise_ratios(pd.DataFrame({"ratio": [1.0]}), 0.02)
