@@ -259,8 +259,9 @@ def plot_training_stats(run_dirs, title: str | None = None):
     for ax, (_, name, ylabel, log) in zip(axes, _STATS_PANELS):
         if log:
             ax.set_yscale("log")
-        _finish_axis(ax, boundaries, "optimizer steps (step 2 after the dashed line)",
-                     ylabel, name)
+        xlabel = "optimizer steps (step 2 after the dashed line)" if boundaries else "optimizer steps"
+        _finish_axis(ax, boundaries, xlabel, ylabel, name)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title or "Training statistics")
     return fig
 
@@ -393,4 +394,46 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
     return fig
 
 
-__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios"]
+
+def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], metric: str = "val_top1",
+                        ylabel: str = "validation top-1 (%)", chance: float | None = None,
+                        styles: Mapping[str, str] | None = None, ncols: int | None = None,
+                        title: str | None = None):
+    """Several small comparisons of training runs: one panel per ``{panel title: {label: run directory}}``.
+
+    Each run contributes ``metric`` per epoch from its ``summary.csv`` (step 1
+    then step 2, counted on). A run that stopped before its first epoch ended
+    (no rows) still gets a legend entry, ending in "(no epoch finished)".
+    ``styles`` maps a label to a matplotlib linestyle; ``chance`` draws a grey
+    horizontal line. Epoch ticks are integers.
+    """
+    if not panels:
+        raise ValueError("plot_run_comparison needs at least one panel: {title: {label: run directory}}")
+    labels = list(dict.fromkeys(label for runs in panels.values() for label in runs))
+    colors = dict(zip(labels, _colors(len(labels))))
+    fig, axes = _figure(len(panels), ncols=ncols or min(len(panels), 2))
+    for ax, (name, runs) in zip(axes, panels.items()):
+        for label, run in runs.items():
+            path = Path(run) / "summary.csv"
+            table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["step", "epoch", metric])
+            table = table.sort_values(["step", "epoch"]) if len(table) else table
+            style = (styles or {}).get(label, "-")
+            if len(table):
+                x = np.arange(1, len(table) + 1)
+                ax.plot(x, table[metric].to_numpy(dtype=float), color=colors[label], linestyle=style,
+                        marker="o", markersize=4, label=label)
+            else:   # an empty line keeps the run in the legend
+                ax.plot([], [], color=colors[label], linestyle=style, label=f"{label} (no epoch finished)")
+        if chance is not None:
+            ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison"]

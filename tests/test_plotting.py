@@ -1,5 +1,6 @@
 """bnn_helpers.plotting: figure structure, savefig output, and the figure script's inputs."""
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -184,3 +185,20 @@ def test_unitwise_ratios_plot_one_box_per_kind_and_the_clip_line():
     assert len(clip) == 1 and clip[0].get_xdata()[0] == 0.02
     with pytest.raises(ValueError, match="lacks columns"):
         P.plot_unitwise_ratios(pd.DataFrame({"ratio": [1.0]}), 0.02)
+
+
+def test_run_comparison_one_panel_per_group_and_a_stopped_run_in_the_legend(tmp_path):
+    a, b = write_run(tmp_path / "a", epochs=(4,)), write_run(tmp_path / "b", epochs=(2, 2), seed=1)
+    (tmp_path / "stopped").mkdir()
+    fig = P.plot_run_comparison({"first": {"on": a, "off": tmp_path / "stopped"}, "second": {"on": b}},
+                                chance=10, styles={"off": "--"})
+    first, second = fig.axes
+    on, off = first.lines[0], first.lines[1]
+    assert list(on.get_xdata()) == [1, 2, 3, 4]
+    assert list(on.get_ydata()) == list(pd.read_csv(a / "summary.csv")["val_top1"])
+    assert len(off.get_xdata()) == 0 and off.get_linestyle() == "--"
+    assert [t.get_text() for t in first.get_legend().get_texts()] == ["on", "off (no epoch finished)"]
+    assert list(second.lines[0].get_xdata()) == [1, 2, 3, 4]           # step 2 continues after step 1
+    assert second.lines[0].get_color() == on.get_color()               # one colour per label
+    assert any(l.get_ydata()[0] == 10 for l in first.lines[2:])        # the chance line
+    assert all(isinstance(ax.xaxis.get_major_locator(), matplotlib.ticker.MaxNLocator) for ax in fig.axes)
