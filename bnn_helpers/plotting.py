@@ -390,7 +390,7 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
     ax.axvline(clip_factor, color="0.3", linestyle="--", label=f"λ = {clip_factor:g}: clipped to the right")
     ax.set_xlabel("‖G‖ / max(‖W‖, ε) per unit")
     ax.set_title(title or "Unit-wise gradient-to-weight ratio")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     return fig
 
 
@@ -424,8 +424,10 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
                         marker="o", markersize=4, label=label)
             else:   # an empty line keeps the run in the legend
                 ax.plot([], [], color=colors[label], linestyle=style, label=f"{label} (no epoch finished)")
+        longest = max((len(line.get_xdata()) for line in ax.lines), default=1)
         if chance is not None:
             ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
+        ax.set_xlim(0.5, max(longest, 1) + 0.5)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)

@@ -202,3 +202,8 @@ def test_run_comparison_one_panel_per_group_and_a_stopped_run_in_the_legend(tmp_
     assert second.lines[0].get_color() == on.get_color()               # one colour per label
     assert any(l.get_ydata()[0] == 10 for l in first.lines[2:])        # the chance line
     assert all(isinstance(ax.xaxis.get_major_locator(), matplotlib.ticker.MaxNLocator) for ax in fig.axes)
+
+
+def test_run_comparison_one_epoch_keeps_integer_limits(tmp_path):
+    fig = P.plot_run_comparison({"p": {"a": write_run(tmp_path / "a", epochs=(1,))}}, chance=10)
+    assert fig.axes[0].get_xlim() == (0.5, 1.5)
