@@ -29,11 +29,17 @@ Training
 Inference
     :func:`count_sign_ties` — RSign outputs exactly on their threshold.
 
+Gradients
+    :func:`unitwise_ratios` — AGC's ratio ‖G‖/max(‖W‖, ε) per unit, by kind of
+    parameter; :func:`ste_window_shares` — how many sign inputs fall inside
+    the straight-through estimator's gradient window.
+
 Every function that hooks a model removes its hooks before returning, also
 when the forward raises.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable, Mapping
 
@@ -43,6 +49,7 @@ import torch
 import torch.nn as nn
 
 from .agc import clipped_units, parameters_except_classifier
+from timm.utils.agc import unitwise_norm
 from .hooks import buffers_restored, eval_mode, removing_hooks
 from .layers import RSign
 from .metrics import top1_hits
@@ -67,6 +74,8 @@ __all__ = [
     "StatsRecorder",
     "STATS_COLUMNS",
     "count_sign_ties",
+    "unitwise_ratios",
+    "ste_window_shares",
 ]
 
 
@@ -398,3 +407,59 @@ def count_sign_ties(model: nn.Module, images: torch.Tensor) -> dict:
         model(images)
     counts["fraction"] = counts["zeros"] / max(1, counts["sign_outputs"])
     return counts
+
+
+def _parameter_kind(name: str, p: torch.Tensor, classifier_ids: set) -> str:
+    if id(p) in classifier_ids:
+        return "classifier"
+    if name.startswith("stem"):
+        return "stem"
+    if name.endswith(".gain"):
+        return "WS gains"
+    if p.ndim >= 2 and name.endswith("weight"):
+        return "block conv weights" if name.startswith("blocks") else "other weights"
+    return "biases, PReLU slopes"
+
+
+def unitwise_ratios(model: nn.Module, eps: float = 1e-3) -> pd.DataFrame:
+    """AGC's ratio ``|G_unit| / max(|W_unit|, eps)`` for every unit of every parameter with a gradient.
+
+    One row per unit: ``name`` (parameter), ``kind`` (classifier, stem, block conv
+    weights, WS gains, biases / PReLU slopes, or other weights) and ``ratio``. Units are timm's
+    (``unitwise_norm``: one per output channel; a whole tensor for 0-D/1-D
+    parameters). AGC with clip factor λ rescales exactly the units whose ratio
+    exceeds λ. Reads the gradients, changes nothing.
+    """
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    classifier_ids = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
+    rows = []
+    for name, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        ratio = unitwise_norm(p.grad.detach().float()) / unitwise_norm(p.detach().float()).clamp(min=eps)
+        kind = _parameter_kind(name, p, classifier_ids)
+        rows += [{"name": name, "kind": kind, "ratio": float(r)} for r in ratio.flatten()]
+    return pd.DataFrame(rows, columns=["name", "kind", "ratio"])
+
+
+@contextlib.contextmanager
+def ste_window_shares(model: nn.Module, half_width: float = 1.0):
+    """Record, for every RSign forward inside the ``with``, the share of its inputs in the STE's window.
+
+    The input of the sign is RSign's shifted input ``x + b``; ApproxSign (and the
+    clipped identity) pass a gradient only where ``|x + b| < half_width``. Yields
+    a list that receives one share per RSign call, in call order; the hooks are
+    removed on exit, also when the forward raises::
+
+        with ste_window_shares(model) as shares:
+            model(x)
+        print(sum(shares) / len(shares))
+    """
+    shares: list[float] = []
+
+    def hook(module, inputs, output):
+        shares.append(float((module.shift(inputs[0]).abs() < half_width).float().mean()))
+
+    with removing_hooks() as handles:
+        handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RSign)]
+        yield shares

@@ -92,8 +92,8 @@ def savefig(fig, name: str) -> Path:
 # signal propagation
 # --------------------------------------------------------------------------
 # (column, title, y label)
-_SP_PANELS = [("avg_sq_mean", "Average channel squared mean", "mean over channels of mean² (a.u.)"),
-              ("avg_var", "Average channel variance", "mean over channels of variance (a.u.)"),
+_SP_PANELS = [("avg_sq_mean", "Average channel squared mean", "channel mean², averaged (a.u.)"),
+              ("avg_var", "Average channel variance", "channel variance, averaged (a.u.)"),
               ("branch_var", "Residual branch (half 1) before α", "branch variance (a.u.)")]
 #: Log panels show smaller values (a BN output's mean² ~1e-20 is rounding noise) at this floor.
 _LOG_FLOOR = 1e-6
@@ -306,8 +306,9 @@ def plot_training_stats(run_dirs, title: str | None = None):
     for ax, (_, name, ylabel, log) in zip(axes, _STATS_PANELS):
         if log:
             ax.set_yscale("log")
-        _finish_axis(ax, boundaries, "optimizer steps (step 2 after the dashed line)",
-                     ylabel, name)
+        xlabel = "optimizer steps (step 2 after the dashed line)" if boundaries else "optimizer steps"
+        _finish_axis(ax, boundaries, xlabel, ylabel, name)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title or "Training statistics")
     return fig
 
@@ -366,3 +367,122 @@ def plot_weight_histograms(values_by_layer: Mapping[str, np.ndarray], bins: int 
         ax.set_ylabel("count (weights)")
     fig.suptitle(title or "Latent weights per layer")
     return fig
+
+
+# --------------------------------------------------------------------------
+# predictions against measurements, gradient ratios
+# --------------------------------------------------------------------------
+_PREDICTION_DASHES = ["--", (0, (1, 1.5)), "-.", (0, (5, 1, 1, 1, 1, 1))]
+
+
+def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]],
+                               xlabel: str, ylabel: str, title: str | None = None,
+                               log: bool | Mapping[str, bool] = True):
+    """One panel per entry of ``panels``: predictions as dark dashed lines, measurements as coloured markers.
+
+    ``panels``: ``{panel title: {"predicted": {label: (x, y)}, "measured": {label: (x, y)}}}``.
+    Predictions are drawn *above* the measurements (thick, dark, no markers,
+    one dash pattern each), so a measurement that lies on its prediction
+    does not hide it; measurements are coloured lines with markers. The x axis
+    gets integer ticks; ``log`` puts y on a log scale (a bool for every panel,
+    or ``{panel title: bool}``, default True). Colours are shared across
+    panels by label.
+    """
+    if not panels:
+        raise ValueError("plot_predicted_vs_measured needs at least one panel")
+    measured_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("measured", {})))
+    colors = dict(zip(measured_labels, _colors(len(measured_labels))))
+    fig, axes = _figure(len(panels))
+    for ax, (name, panel) in zip(axes, panels.items()):
+        unknown = set(panel) - {"predicted", "measured"}
+        if unknown:
+            raise ValueError(f"panel {name!r}: keys must be 'predicted' and 'measured', got {sorted(unknown)}")
+        for label, (x, y) in panel.get("measured", {}).items():
+            ax.plot(x, y, color=colors[label], marker="o", markersize=4, linewidth=1.4, alpha=0.9,
+                    label=label, zorder=2)
+        for (label, (x, y)), dash in zip(panel.get("predicted", {}).items(), _PREDICTION_DASHES * 4):
+            ax.plot(x, y, color="0.1", linestyle=dash, linewidth=2.2, label=label, zorder=3)
+        if log.get(name, True) if isinstance(log, Mapping) else log:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | None = None):
+    """Box plot of AGC's ratio ‖G‖/max(‖W‖, ε) per kind of parameter (``diagnostics.unitwise_ratios``).
+
+    One horizontal box per ``kind`` (labelled with its number of units), log
+    x axis, and a dashed vertical line at ``clip_factor``: units to its right
+    would be clipped.
+    """
+    missing = {"kind", "ratio"} - set(ratios.columns)
+    if missing:
+        raise ValueError(f"ratios lacks columns {sorted(missing)}; pass diagnostics.unitwise_ratios(...)")
+    kinds = list(dict.fromkeys(ratios["kind"]))
+    fig, (ax,) = _figure(1)
+    fig.set_size_inches(8.0, 0.55 * len(kinds) + 1.6)
+    values = [ratios.loc[ratios["kind"] == k, "ratio"].clip(lower=_LOG_FLOOR) for k in kinds]
+    # matplotlib >= 3.10 spells it orientation=, older versions vert= (deprecated since 3.11)
+    horizontal = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
+                  else {"vert": False})
+    ax.boxplot(values, showfliers=True, flierprops={"markersize": 3}, **horizontal)
+    ax.set_yticks(range(1, len(kinds) + 1), [f"{k} ({len(v):,} units)" for k, v in zip(kinds, values)])
+    ax.set_xscale("log")
+    ax.axvline(clip_factor, color="0.3", linestyle="--", label=f"λ = {clip_factor:g}: clipped to the right")
+    ax.set_xlabel("‖G‖ / max(‖W‖, ε) per unit")
+    ax.set_title(title or "Unit-wise gradient-to-weight ratio")
+    ax.legend(loc="upper left")
+    return fig
+
+
+
+def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], metric: str = "val_top1",
+                        ylabel: str = "validation top-1 (%)", chance: float | None = None,
+                        styles: Mapping[str, str] | None = None, ncols: int | None = None,
+                        title: str | None = None):
+    """Several small comparisons of training runs: one panel per ``{panel title: {label: run directory}}``.
+
+    Each run contributes ``metric`` per epoch from its ``summary.csv`` (step 1
+    then step 2, counted on). A run that stopped before its first epoch ended
+    (no rows) still gets a legend entry, ending in "(no epoch finished)".
+    ``styles`` maps a label to a matplotlib linestyle; ``chance`` draws a grey
+    horizontal line. Epoch ticks are integers.
+    """
+    if not panels:
+        raise ValueError("plot_run_comparison needs at least one panel: {title: {label: run directory}}")
+    labels = list(dict.fromkeys(label for runs in panels.values() for label in runs))
+    colors = dict(zip(labels, _colors(len(labels))))
+    fig, axes = _figure(len(panels), ncols=ncols or min(len(panels), 2))
+    for ax, (name, runs) in zip(axes, panels.items()):
+        for label, run in runs.items():
+            path = Path(run) / "summary.csv"
+            table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["step", "epoch", metric])
+            table = table.sort_values(["step", "epoch"]) if len(table) else table
+            style = (styles or {}).get(label, "-")
+            if len(table):
+                x = np.arange(1, len(table) + 1)
+                ax.plot(x, table[metric].to_numpy(dtype=float), color=colors[label], linestyle=style,
+                        marker="o", markersize=4, label=label)
+            else:   # an empty line keeps the run in the legend
+                ax.plot([], [], color=colors[label], linestyle=style, label=f"{label} (no epoch finished)")
+        longest = max((len(line.get_xdata()) for line in ax.lines), default=1)
+        if chance is not None:
+            ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
+        ax.set_xlim(0.5, max(longest, 1) + 0.5)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name)
+        ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison"]

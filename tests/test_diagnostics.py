@@ -372,3 +372,45 @@ def test_compare_predictions_leaves_out_only_samples_rounding_can_decide():
         compare_predictions(reference, reference[:2], 1e-4)
     with pytest.raises(ValueError, match="rounding_bound"):
         compare_predictions(reference, reference, -1.0)
+
+
+def test_unitwise_ratios_known_answer_and_kinds():
+    layer = nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]))   # row norms 5 and 0
+        layer.bias.zero_()
+    layer.weight.grad = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2e-3, 0.0]])
+    layer.bias.grad = torch.tensor([3e-3, 4e-3])
+    table = D.unitwise_ratios(layer, eps=1e-3)
+    assert list(table["ratio"]) == pytest.approx([0.2, 2.0, 5.0])        # 1/5; 2e-3/eps; 5e-3/eps
+    assert list(table["kind"]) == ["other weights"] * 2 + ["biases, PReLU slopes"]
+
+    model = small("reactnet_a_bf", binary_weights=False)
+    model(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
+    table = D.unitwise_ratios(model)
+    counts = table["kind"].value_counts()
+    assert set(counts.index) == {"classifier", "stem", "block conv weights", "WS gains", "biases, PReLU slopes"}
+    assert counts["classifier"] == 10 + 1                                  # 10 weight rows + the bias
+    assert counts["WS gains"] == counts["block conv weights"]              # one gain per output channel
+    # AGC clips exactly the units above lambda (the classifier aside): the same share as agc_clipped_share.
+    rest = table[table["kind"] != "classifier"]
+    assert float((rest["ratio"] > 0.02).mean()) == pytest.approx(D.agc_clipped_share(model, 0.02, 1e-3))
+
+
+def test_ste_window_shares_known_answer_and_hooks_removed():
+    model = ToyNet(nn.Identity(), channels=2)
+    x = torch.tensor([0.5, -0.5, 2.0, -3.0]).view(1, 1, 2, 2).repeat(1, 2, 1, 1)
+    with D.ste_window_shares(model) as shares:
+        model.blocks[0].act(x)
+    assert shares == [0.5]                                  # |0.5|, |-0.5| inside; 2 and -3 outside
+    with torch.no_grad():
+        model.blocks[0].act.shift.bias.fill_(-1.0)          # the window is on x + b
+    with D.ste_window_shares(model, half_width=1.0) as shares:
+        model.blocks[0].act(x)
+    assert shares == [0.25]                                 # x + b = -0.5 (inside), -1.5, 1.0, -4
+    assert all_hooks(model) == 0
+    failing = ToyNet(nn.Identity(), fail=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        with D.ste_window_shares(failing) as shares:
+            failing(torch.randn(1, 3, 4, 4))
+    assert len(shares) == 1 and all_hooks(failing) == 0     # block 1's RSign ran, block 2 raised

@@ -1,5 +1,6 @@
 """bnn_helpers.plotting: figure structure, savefig output, and the figure script's inputs."""
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -164,3 +165,58 @@ def test_figure_script_inputs_and_tables():
     assert all(len(t) == 15 for t in tables.values())
     fig = P.plot_signal_propagation(tables)
     assert all(len(ax.lines) == 3 for ax in fig.axes)
+
+
+def test_predicted_vs_measured_draws_predictions_on_top():
+    x = np.arange(5)
+    panels = {"toy": {"predicted": {"predicted 1 + l/10": (x, 1 + x / 10)},
+                      "measured": {"measured A": (x, 1 + x / 10), "measured B": (x, 0.5 + 0 * x)}},
+              "net": {"predicted": {"predicted 1": (x, np.ones(5))}, "measured": {"measured A": (x, 0.1 * (x + 1))}}}
+    fig = P.plot_predicted_vs_measured(panels, xlabel="block", ylabel="variance", log={"toy": False})
+    toy, net = fig.axes
+    assert toy.get_yscale() == "linear" and net.get_yscale() == "log"
+    lines = {l.get_label(): l for l in toy.lines}
+    assert set(lines) == {"predicted 1 + l/10", "measured A", "measured B"}
+    prediction, measured = lines["predicted 1 + l/10"], lines["measured A"]
+    assert prediction.get_zorder() > measured.get_zorder()           # visible where a measurement lies on it
+    assert prediction.get_linestyle() != "-" and prediction.get_marker() in (None, "None", "")
+    assert measured.get_marker() == "o"
+    # one colour per measured label, shared across panels
+    assert {l.get_label(): l.get_color() for l in net.lines}["measured A"] == measured.get_color()
+    assert toy.get_legend() is not None and toy.get_xlabel() == "block"
+    with pytest.raises(ValueError, match="predicted"):
+        P.plot_predicted_vs_measured({"p": {"expected": {}}}, "x", "y")
+
+
+def test_unitwise_ratios_plot_one_box_per_kind_and_the_clip_line():
+    ratios = pd.DataFrame({"kind": ["a"] * 5 + ["b"] * 3, "ratio": [0.001, 0.01, 0.1, 1.0, 0.0, 5, 6, 7]})
+    fig = P.plot_unitwise_ratios(ratios, clip_factor=0.02)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a (5 units)", "b (3 units)"]
+    clip = [l for l in ax.lines if l.get_linestyle() == "--"]
+    assert len(clip) == 1 and clip[0].get_xdata()[0] == 0.02
+    with pytest.raises(ValueError, match="lacks columns"):
+        P.plot_unitwise_ratios(pd.DataFrame({"ratio": [1.0]}), 0.02)
+
+
+def test_run_comparison_one_panel_per_group_and_a_stopped_run_in_the_legend(tmp_path):
+    a, b = write_run(tmp_path / "a", epochs=(4,)), write_run(tmp_path / "b", epochs=(2, 2), seed=1)
+    (tmp_path / "stopped").mkdir()
+    fig = P.plot_run_comparison({"first": {"on": a, "off": tmp_path / "stopped"}, "second": {"on": b}},
+                                chance=10, styles={"off": "--"})
+    first, second = fig.axes
+    on, off = first.lines[0], first.lines[1]
+    assert list(on.get_xdata()) == [1, 2, 3, 4]
+    assert list(on.get_ydata()) == list(pd.read_csv(a / "summary.csv")["val_top1"])
+    assert len(off.get_xdata()) == 0 and off.get_linestyle() == "--"
+    assert [t.get_text() for t in first.get_legend().get_texts()] == ["on", "off (no epoch finished)"]
+    assert list(second.lines[0].get_xdata()) == [1, 2, 3, 4]           # step 2 continues after step 1
+    assert second.lines[0].get_color() == on.get_color()               # one colour per label
+    assert any(l.get_ydata()[0] == 10 for l in first.lines[2:])        # the chance line
+    assert all(isinstance(ax.xaxis.get_major_locator(), matplotlib.ticker.MaxNLocator) for ax in fig.axes)
+
+
+def test_run_comparison_one_epoch_keeps_integer_limits(tmp_path):
+    fig = P.plot_run_comparison({"p": {"a": write_run(tmp_path / "a", epochs=(1,))}}, chance=10)
+    assert fig.axes[0].get_xlim() == (0.5, 1.5)
