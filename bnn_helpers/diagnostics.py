@@ -75,6 +75,7 @@ __all__ = [
     "STATS_COLUMNS",
     "count_sign_ties",
     "unitwise_ratios",
+    "ste_window_share",
     "ste_window_shares",
 ]
 
@@ -181,10 +182,8 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
         return hook
 
     def window_hook(row, column):
-        # the sign's input after its threshold: |u| < 1 is where the approx and ste
-        # estimators pass a gradient; outside it the sign is saturated
-        def hook(module, inputs, output):
-            row[column] = float((output.abs() < 1).float().mean())
+        def hook(module, inputs, output):  # on RSign.shift: output = the sign's input x + b
+            row[column] = ste_window_share(output)
         return hook
 
     with removing_hooks() as handles, buffers_restored(model), torch.no_grad():
@@ -442,6 +441,12 @@ def unitwise_ratios(model: nn.Module, eps: float = 1e-3) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "kind", "ratio"])
 
 
+def ste_window_share(sign_input: torch.Tensor, half_width: float = 1.0) -> float:
+    """Share of a sign's inputs ``u = x + b`` with ``|u| < half_width``: where the approx
+    and ste estimators pass a gradient (outside it the sign is saturated)."""
+    return float((sign_input.abs() < half_width).float().mean())
+
+
 @contextlib.contextmanager
 def ste_window_shares(model: nn.Module, half_width: float = 1.0):
     """Record, for every RSign forward inside the ``with``, the share of its inputs in the STE's window.
@@ -458,7 +463,7 @@ def ste_window_shares(model: nn.Module, half_width: float = 1.0):
     shares: list[float] = []
 
     def hook(module, inputs, output):
-        shares.append(float((module.shift(inputs[0]).abs() < half_width).float().mean()))
+        shares.append(ste_window_share(module.shift(inputs[0]), half_width))
 
     with removing_hooks() as handles:
         handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RSign)]
