@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnn_helpers import create_model
+from bnn_helpers import create_model, deploy
 from bnn_helpers.bitkernels import PackedActivation, pack_bits, packed_conv2d, popcount, unpack_bits
 from bnn_helpers.complexity import inference_op_table
 from bnn_helpers.deploy import (PackedBinaryConv2d, PackedSign, exact_sign_thresholds,
@@ -252,6 +252,10 @@ def test_sizes(model_a, packed_a):
     assert packed_size_bytes(packed) == sum(t.numel() * t.element_size()
                                             for t in packed.state_dict().values())
     assert packed_size_bytes(packed) < float_size_bytes(model_a) / 3
+    parts = deploy.packed_size_breakdown(packed)
+    assert sum(parts.values()) == packed_size_bytes(packed) and parts["binary weight bits"] == bits
+    assert parts["stem + classifier (float32)"] >= 4 * model_a.head.fc.weight.numel()
+    assert parts["per-channel constants"] > 0
 
 
 def test_save_load_round_trip(packed_bn, images, tmp_path):
