@@ -355,3 +355,22 @@ def test_deployment_code_does_not_import_pandas():
             "print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_compare_packed_runs_the_three_checks(model_a, packed_a, images):
+    from bnn_helpers.diagnostics import binary_conv_io, compare_packed
+
+    labels = torch.arange(len(images)) % 10
+    logits_f, logits_p, seen = binary_conv_io(model_a, packed_a, images)
+    names = [n for n, m in model_a.named_modules() if isinstance(m, BinaryScaledStdConv2d)
+             or getattr(m, "binary_weights", False) and isinstance(m, nn.Conv2d)]
+    assert set(seen["float"]) == set(seen["packed"]) == set(names)
+    x_p, dot = seen["packed"]["blocks.1.conv3x3"]
+    assert set(x_p.unique().tolist()) <= {-1.0, 0.0, 1.0} and dot.dtype == torch.int32
+    row, per_image = compare_packed(model_a, packed_a, images, labels)
+    assert row["digits"] == len(images) and row["integer results wrong"] == 0
+    assert row["argmax differs (decided)"] == 0 and row["sign outputs"] > 0
+    assert row["top-1 float %"] == 100 * float((logits_f.argmax(1) == labels).float().mean())
+    assert per_image["flips"].shape == (len(images),)
+    if row["sign flips"] == 0:
+        assert row["max rel. logit diff (no flip)"] < 1e-4
