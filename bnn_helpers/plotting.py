@@ -229,6 +229,10 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     xlabel = "epoch (step 1, then step 2 after the dashed line)" if boundaries else "epoch"
     for ax, ylabel, name in ((ax_acc, "top-1 accuracy (%)", "Top-1 accuracy"),
                              (ax_loss, "loss (nats)", "Loss")):
+        if chance is not None:
+            # From 0: the distance to the chance line reads true to scale (a zoomed axis
+            # makes noise around chance look like learning), and the legend finds room.
+            ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.1)
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title or "Training curves")

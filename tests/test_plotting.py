@@ -164,8 +164,9 @@ def test_accuracy_curves_draw_the_chance_level(tmp_path):
     guess = [l for l in ax_loss.lines if l.get_label().startswith("uniform guess")]
     assert len(guess) == 1 and guess[0].get_ydata()[0] == pytest.approx(np.log(10))
     assert "chance (10 %)" in [t.get_text() for t in ax_acc.get_legend().get_texts()]
-    # integer epoch ticks
+    # integer epoch ticks; y from 0, so the distance to chance is true to scale
     assert all(float(t).is_integer() for t in ax_acc.get_xticks())
+    assert ax_acc.get_ylim()[0] == 0 and ax_loss.get_ylim()[0] == 0
 
 
 def boxes(ax):
