@@ -55,7 +55,7 @@ from .layers import is_binary_conv
 from .models.reactnet_18 import ReActNet18
 from .models.reactnet_a import ReActBlockA, ReActNetA
 
-__all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity",
+__all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table",
            "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "OP_KINDS"]
 
 BITS_PER_REAL = 32
@@ -205,6 +205,37 @@ def total_complexity(model: nn.Module, input_size) -> dict:
     out = {c: row[c].item() for c in COST_COLUMNS}
     out["params"] = out["real_params"] + out["binary_params"]
     return out
+
+
+def _block_range(numbers: pd.Series) -> str:
+    """``"6–11"``, ``"1"`` or ``""`` (stem, head) for the block numbers of one stage."""
+    if numbers.isna().all():
+        return ""
+    low, high = int(numbers.min()), int(numbers.max())
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def stage_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Group a per-block :func:`complexity_table` by output resolution ("stage").
+
+    One row for the stem, one per resolution of the blocks' outputs (e.g.
+    ``14×14``, with the 1-based block numbers it holds in ``blocks``), one for
+    the head and a ``total``; columns ``blocks``, ``params`` (real + binary),
+    ``bops``, ``flops``, ``ops``. Stages keep network order.
+    """
+    rows = table[table["name"] != "total"].copy()
+    rows["stage"] = [name if name in ("stem", "head") else f"{shape[1]}×{shape[2]}"
+                     for name, shape in zip(rows["name"], rows["out_shape"])]
+    # blocks.0 is block 1 in the paper's numbering
+    rows["block"] = [int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
+                     for name in rows["name"]]
+    stages = rows.groupby("stage", sort=False).agg(
+        blocks=("block", _block_range),
+        real=("real_params", "sum"), binary=("binary_params", "sum"),
+        bops=("bops", "sum"), flops=("flops", "sum"), ops=("ops", "sum"))
+    stages.insert(1, "params", stages.pop("real") + stages.pop("binary"))
+    stages.loc["total"] = ["", *stages[["params", "bops", "flops", "ops"]].sum()]
+    return stages
 
 
 def _eng(value: float) -> str:

@@ -16,6 +16,11 @@
 * ``photos``: 21 classes of 32x32 patches of the photos scikit-image and
   scikit-learn ship (:mod:`bnn_helpers.photos`), 6300/1260, kept in memory.
 
+``write_image_folder`` writes a small ImageNet-layout folder of real JPEGs (the
+handwritten digits in white ink over crops of the sample photos), so the
+``folder`` / ``imagenet`` path can run offline; ``pipeline_images_per_second``
+times one data-loading worker on such a folder.
+
 ``make_loader`` shards every global batch over the processes so that N
 processes with batch B/N see exactly the samples one process sees with batch B.
 Data order depends only on (seed, epoch), which makes resuming mid-epoch exact
@@ -37,7 +42,8 @@ from .config import TrainError
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
            "CIFAR100_STD", "IMAGENET_PCA_EIGVAL", "IMAGENET_PCA_EIGVEC",
            "Lighting", "InMemoryDataset", "load_digits_tensors", "build_datasets",
-           "ShardedBatchSampler", "EpochLoader", "make_loader"]
+           "ShardedBatchSampler", "EpochLoader", "make_loader", "write_image_folder",
+           "pipeline_images_per_second"]
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's constants
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -108,6 +114,75 @@ def load_digits_tensors(size: int = 32):
     mean, std = images[train_idx].mean(), images[train_idx].std()
     images = (images - mean) / std
     return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
+
+
+def write_image_folder(root, train_per_class: int, val_per_class: int, size=40, classes: int = 10,
+                       seed: int = 0) -> Path:
+    """Write an ImageNet-layout folder of real JPEGs and return ``root``.
+
+    ``root/train/digit_<k>/*.jpg`` and ``root/val/digit_<k>/*.jpg`` for
+    ``k < classes`` (at most 10): each image is one of scikit-learn's handwritten
+    digits, upsampled and drawn in white ink over a darkened random crop of
+    scikit-learn's two sample photos, so the label is learnable and the files
+    decode like photographs. ``size``: an int (square) or ``(width, height)``;
+    small images are cut from a 128-pixel crop and resized, large ones (e.g.
+    ImageNet-like 500x375) are cut from the photo at full resolution. No digit is
+    in both splits. Deterministic for a given ``seed``.
+    """
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits, load_sample_images
+
+    width, height = (size, size) if isinstance(size, int) else size
+    if not 1 <= classes <= 10:
+        raise ValueError(f"classes must be 1..10 (one per digit), got {classes}")
+    digits, photos = load_digits(), load_sample_images().images
+    # Crop at least 128 pixels on the short side, so a small image shows a scene, not one texture.
+    zoom = max(1.0, 128 / min(width, height))
+    crop_w, crop_h = round(width * zoom), round(height * zoom)
+    if crop_h > min(p.shape[0] for p in photos) or crop_w > min(p.shape[1] for p in photos):
+        raise ValueError(f"size {width}x{height} does not fit in the sample photos (640x427)")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for label in range(classes):
+        chosen = rng.permutation(np.flatnonzero(digits.target == label))
+        for split, picks in (("train", chosen[:train_per_class]),
+                             ("val", chosen[train_per_class:train_per_class + val_per_class])):
+            folder = root / split / f"digit_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in picks:
+                photo = photos[rng.integers(len(photos))]
+                top, left = rng.integers(photo.shape[0] - crop_h), rng.integers(photo.shape[1] - crop_w)
+                # Darkened background, so the white digit stays readable on bright photos.
+                background = Image.fromarray(photo[top:top + crop_h, left:left + crop_w] // 2)
+                background = background.resize((width, height))
+                ink = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8))
+                ink = ink.resize((width, height), Image.BILINEAR)
+                Image.composite(Image.new("RGB", (width, height), "white"), background, ink).save(
+                    folder / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def pipeline_images_per_second(dataset, images: int = 48, threads: int = 1) -> float:
+    """Images per second one data-loading worker gets out of ``dataset`` (decode + transforms).
+
+    Reads ``images`` items in order (cycling if the dataset is smaller) after one
+    warm-up item, with torch limited to ``threads`` threads, as in a DataLoader
+    worker process (PyTorch gives each worker one thread). The caller's thread
+    count is restored.
+    """
+    import time
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dataset[0]  # warm-up: first file open, lazy imports
+        start = time.perf_counter()
+        for i in range(images):
+            dataset[i % len(dataset)]
+        return images / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _load_rgb(path: str):

@@ -112,7 +112,7 @@ __all__ = [
     "exact_sign_thresholds", "PackedSign", "PackedBinaryConv2d", "PackedWeightConv2d",
     "packed_conv2d", "PackedRPReLU", "PackedStem", "PackedHead", "PackedBlockA",
     "PackedBlock18", "PackedBinaryNet", "pack", "save_packed", "load_packed",
-    "packed_size_bytes", "float_size_bytes",
+    "packed_size_bytes", "packed_size_breakdown", "float_size_bytes",
 ]
 
 FORMAT_NAME = "bnn_helpers.packed"
@@ -321,6 +321,24 @@ def packed_size_bytes(model: nn.Module, word_bits: int = 8) -> int:
     """Bytes of all tensors of the packed model (packs a float model first)."""
     packed = model if isinstance(model, PackedBinaryNet) else pack(model, word_bits)
     return sum(t.numel() * t.element_size() for t in packed.state_dict().values())
+
+
+def packed_size_breakdown(packed: PackedBinaryNet) -> dict[str, int]:
+    """Bytes of the packed model by kind of tensor; the values sum to :func:`packed_size_bytes`.
+
+    ``binary weight bits``, ``stem + classifier (float32)`` (the real-valued
+    layers), ``per-channel constants`` (scales, thresholds, RPReLU) and
+    ``zero-weight list`` (the rare latent weights that are exactly 0).
+    """
+    parts = dict.fromkeys(("binary weight bits", "stem + classifier (float32)",
+                           "per-channel constants", "zero-weight list"), 0)
+    for key, t in packed.state_dict().items():
+        kind = ("binary weight bits" if key.endswith("weight_bits") else
+                "zero-weight list" if key.endswith("zero_weights") else
+                "stem + classifier (float32)" if key.split(".")[0] in ("stem", "head") else
+                "per-channel constants")
+        parts[kind] += t.numel() * t.element_size()
+    return parts
 
 
 def float_size_bytes(model: nn.Module) -> int:

@@ -27,7 +27,10 @@ Training
     :mod:`bnn_helpers.sign_stats`, which the engine imports without pandas).
 
 Inference
-    :func:`count_sign_ties` — RSign outputs exactly on their threshold.
+    :func:`count_sign_ties` — RSign outputs exactly on their threshold;
+    :func:`binary_conv_io` — what every binary conv of a float model and of its
+    packed copy (:func:`bnn_helpers.deploy.pack`) receives and computes;
+    :func:`compare_packed` — the checks that the packed copy is the same network.
 
 Gradients
     :func:`unitwise_ratios` — AGC's ratio ‖G‖/max(‖W‖, ε) per unit, by kind of
@@ -47,11 +50,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .agc import clipped_units, parameters_except_classifier
 from timm.utils.agc import unitwise_norm
 from .hooks import buffers_restored, eval_mode, removing_hooks
-from .layers import RSign
+from .layers import RSign, is_binary_conv
 from .metrics import top1_hits
 # sign_layers, binary_sign, StatsRecorder, STATS_COLUMNS: re-exported (documented here)
 from .sign_stats import STATS_COLUMNS, StatsRecorder, binary_sign, sign_layers, unwrap
@@ -77,6 +81,8 @@ __all__ = [
     "unitwise_ratios",
     "ste_window_share",
     "ste_window_shares",
+    "binary_conv_io",
+    "compare_packed",
 ]
 
 
@@ -468,3 +474,87 @@ def ste_window_shares(model: nn.Module, half_width: float = 1.0):
     with removing_hooks() as handles:
         handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RSign)]
         yield shares
+@torch.no_grad()
+def binary_conv_io(model: nn.Module, packed: nn.Module, images: torch.Tensor):
+    """Run a float model and its packed copy on ``images``; record every binary conv.
+
+    Returns ``(logits_float, logits_packed, seen)`` with ``seen["float"][name]``
+    = (the conv's ±1/0 input, its float output) and ``seen["packed"][name]`` =
+    (the packed input unpacked to ±1/0, the integer XOR-popcount result), for
+    every binary conv ``name`` (the same names in both networks).
+    """
+    from .packed_layers import PackedBinaryConv2d   # deployment code, loaded only when needed
+
+    seen = {"float": {}, "packed": {}}
+
+    def keep(kind, name):
+        def hook(module, inputs, output):
+            if kind == "packed":   # unpack the bits; recompute the integer part of the conv
+                seen[kind][name] = (inputs[0].to_ternary(), module.integer_forward(inputs[0]))
+            else:
+                seen[kind][name] = (inputs[0], output)
+        return hook
+
+    with removing_hooks() as handles, eval_mode(model):
+        handles += [m.register_forward_hook(keep("float", n)) for n, m in model.named_modules()
+                    if is_binary_conv(m)]
+        handles += [m.register_forward_hook(keep("packed", n)) for n, m in packed.named_modules()
+                    if isinstance(m, PackedBinaryConv2d)]
+        logits_float, logits_packed = model(images), packed(images)
+    return logits_float, logits_packed, seen
+
+
+@torch.no_grad()
+def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   logit_rtol: float = 1e-5) -> tuple[dict, dict]:
+    """Check that ``packed`` (``deploy.pack(model)``) computes what ``model`` computes.
+
+    Per binary conv and image: (1) the packed XOR-popcount result equals the
+    integer convolution ``F.conv2d(±1/0 input, ±1 weights)`` exactly; (2) the
+    float conv output divided by its per-channel magnitude ``c`` rounds to the
+    integer conv of its own input; (3) signs that differ between the two
+    networks (*flips*) are counted per image. Predictions are compared only
+    where rounding cannot decide them: top-2 margin above twice
+    ``logit_rtol`` x the logit scale, and no flipped sign.
+
+    Returns ``(row, per_image)``: ``row`` holds the counts of the notebook's
+    table; ``per_image`` the tensors ``flips``, ``rel_err`` (max logit
+    difference / logit scale) and both networks' logits.
+    """
+    logits_f, logits_p, seen = binary_conv_io(model, packed, images)
+    flips = torch.zeros(len(images), dtype=torch.long)
+    n_signs = int_wrong = 0
+    off_integer = 0.0
+    for name, conv in model.named_modules():
+        if not is_binary_conv(conv):
+            continue
+        (x_f, y_f), (x_p, dot) = seen["float"][name], seen["packed"][name]
+        w_eff = conv.effective_weight()
+        signs = torch.sign(w_eff)
+        if not torch.equal(packed.get_submodule(name).signs(), signs):
+            raise AssertionError(f"{name}: the packed bits are not the signs of the weights")
+        exact = F.conv2d(x_p, signs, None, conv.stride, conv.padding).round().int()       # (1)
+        int_wrong += int((dot != exact).sum())
+        ratio = y_f / w_eff.abs().flatten(1).amax(1).view(1, -1, 1, 1)                   # (2)
+        if not torch.equal(ratio.round(), F.conv2d(x_f, signs, None, conv.stride, conv.padding)):
+            raise AssertionError(f"{name}: float conv / c is not the integer conv of its input")
+        off_integer = max(off_integer, float((ratio - ratio.round()).abs().max()))
+        flips += (x_f != x_p).flatten(1).sum(1)                                           # (3)
+        n_signs += x_f.numel()
+    scale = float(logits_f.abs().max())
+    rel_err = (logits_f - logits_p).abs().amax(1) / scale
+    clean = flips == 0
+    decided = (top2_margin(logits_f) > 2 * logit_rtol * scale) & clean   # a flip is a rounding event too
+    preds = compare_predictions(logits_f[decided], logits_p[decided], logit_rtol * scale)
+    n = len(images)
+    row = {"digits": n, "undecided by rounding": int((~decided).sum()),
+           "argmax differs (decided)": preds["disagree"],
+           "top-1 tolerance %": 100 * int((~decided).sum()) / n,
+           "top-1 float %": 100 * int(top1_hits(logits_f, labels)) / n,
+           "top-1 packed %": 100 * int(top1_hits(logits_p, labels)) / n,
+           "integer results wrong": int_wrong, "float conv / c off-integer": off_integer,
+           "sign outputs": n_signs, "sign flips": int(flips.sum()),
+           "digits with a flip": int((~clean).sum()),
+           "max rel. logit diff (no flip)": float(rel_err[clean].max()) if clean.any() else math.nan,
+           "max rel. logit diff (all)": float(rel_err.max())}
+    return row, {"flips": flips, "rel_err": rel_err, "logits_f": logits_f, "logits_p": logits_p}

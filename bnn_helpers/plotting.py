@@ -11,7 +11,10 @@ directory's CSV files), never a model, and returns a ``matplotlib`` figure:
   step 2 continues after step 1, behind a dashed divider;
 * :func:`plot_training_stats` – flip ratio, sign balances, AGC share from ``stats.csv``;
 * :func:`plot_estimators` – forward and backward of every sign estimator;
-* :func:`plot_weight_histograms` – latent-weight histograms, one panel per layer.
+* :func:`plot_weight_histograms` – latent-weight histograms, one panel per layer;
+* :func:`plot_block_diagram` – the wiring of a BN-free ReActNet-A block (no data);
+* :func:`plot_deployment_summary` – packed size, real-valued ops per block and
+  inference speed (notebook 08's tables).
 
 :func:`savefig` writes a PNG into the repository's ``Figs/`` with a fixed size
 and dpi and no metadata, so a regenerated figure only changes when its data do.
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib.ticker
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -37,10 +42,13 @@ __all__ = [
     "use_style",
     "savefig",
     "plot_signal_propagation",
+    "plot_sign_saturation",
     "plot_accuracy_curves",
     "plot_training_stats",
     "plot_estimators",
     "plot_weight_histograms",
+    "plot_block_diagram",
+    "plot_deployment_summary",
     "FIG_DPI",
 ]
 
@@ -234,12 +242,15 @@ def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list
     return pd.concat(parts, ignore_index=True), dividers
 
 
-def plot_accuracy_curves(run_dirs, title: str | None = None):
+def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None):
     """Top-1 and loss per epoch (train dotted, validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
     ``{label: path}``; each holds ``summary.csv``. Epochs are counted across
-    both steps; a dashed grey line marks where step 2 begins.
+    both steps; a dashed grey line marks where step 2 begins. ``chance``: top-1
+    of guessing (100 / classes, in %), drawn as a labelled line on the accuracy
+    panel so a run near it reads as "learned nothing (yet)", and the
+    cross-entropy of a uniform guess, ln(100 / chance), on the loss panel.
     """
     columns = ["epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1"]
     fig, (ax_acc, ax_loss) = _figure(2)
@@ -257,9 +268,19 @@ def plot_accuracy_curves(run_dirs, title: str | None = None):
                     marker="o", markersize=3, label=f"{label} val")
             ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":",
                     label=f"{label} train")
+    if chance is not None:
+        # Guessing uniformly: top-1 = chance, cross-entropy = ln(classes) = ln(100 / chance).
+        ax_acc.axhline(chance, color="black", linestyle="-.", linewidth=1,
+                       label=f"chance ({chance:g} %)")
+        ax_loss.axhline(math.log(100 / chance), color="black", linestyle="-.", linewidth=1,
+                        label=f"uniform guess: val loss ln {100 / chance:g} = {math.log(100 / chance):.3f}")
     xlabel = "epoch (step 1, then step 2 after the dashed line)" if boundaries else "epoch"
     for ax, ylabel, name in ((ax_acc, "top-1 accuracy (%)", "Top-1 accuracy"),
                              (ax_loss, "loss (nats)", "Loss")):
+        if chance is not None:
+            # From 0: the distance to the chance line reads true to scale (a zoomed axis
+            # makes noise around chance look like learning), and the legend finds room.
+            ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.1)
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title or "Training curves")
@@ -486,3 +507,158 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
 
 
 __all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison"]
+
+
+# --------------------------------------------------------------------------
+# diagrams and deployment
+# --------------------------------------------------------------------------
+_KIND_COLORS = {"binary": "#f4a582", "real": "#92c5de", "io": "#f7f7f7"}
+
+
+def _draw_block(ax, reduction: bool) -> None:
+    """One ReActNet-A block (mode bf) as boxes and arrows, top to bottom, on ``ax``."""
+    ax.set_axis_off()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.03, 1.02)
+    main, left, right = 0.5, 0.08, 0.92
+    rows = np.linspace(0.98, 0.0, 15 if reduction else 14)  # one row per box on the main line
+
+    def box(x, y, text, kind):
+        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3,
+                bbox=dict(boxstyle="round,pad=0.35", fc=_KIND_COLORS[kind], ec="0.35"))
+
+    def arrow(x0, y0, x1, y1, from_box=True):
+        # shrink: stop at the box edges rather than at their centres
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
+                    arrowprops=dict(arrowstyle="-|>", color="0.3", lw=1.1,
+                                    shrinkA=8 if from_box else 0, shrinkB=8))
+
+    def skip(y_from, y_to, x_side, x_to):
+        # A shortcut: leaves the main line at a dot just below y_from, runs along x_side.
+        y_split = y_from - 0.022
+        ax.plot([main, x_side, x_side], [y_split, y_split, y_to], color="0.3", lw=1.1, zorder=1)
+        ax.plot([main], [y_split], "o", color="0.3", markersize=3.5, zorder=2)
+        arrow(x_side, y_to, x_to, y_to, from_box=False)
+
+    def chain(x, items, first_row):
+        for k, (text, kind) in enumerate(items):
+            box(x, rows[first_row + k], text, kind)
+            if k:
+                arrow(x, rows[first_row + k - 1], x, rows[first_row + k])
+
+    stride = 2 if reduction else 1
+    # Half 1: sign of the rescaled input, 3x3 binary conv, x alpha, + shortcut, RPReLU.
+    chain(main, [("x   (C×H×W)", "io"), ("× β₁", "real"), ("RSign₁: sign(· + b₁₁)", "binary"),
+                 (f"3×3 binary conv, stride {stride}\n(scaled WS · gain)", "binary"),
+                 ("× α", "real"), ("+", "real"), ("RPReLU₁  → y", "real"),
+                 ("× β₂", "real"), ("RSign₂: sign(· + b₂₁)", "binary")], 0)
+    # The half-1 shortcut is x itself, or avgpool(β₁·x) in a reduction block.
+    skip(rows[1] if reduction else rows[0], rows[5], left, main)
+    if reduction:
+        box(left, (rows[1] + rows[5]) / 2, "avgpool\n2×2", "real")
+    # Half 2: one 1x1 conv, or two on the same signs (concatenated: 2C channels).
+    columns = [main - 0.2, main + 0.2] if reduction else [main]
+    for k, x in enumerate(columns):
+        suffix = f" {'ab'[k]}" if reduction else ""
+        chain(x, [("1×1 binary conv" + suffix, "binary"), ("× α", "real"), ("+ y", "real")], 9)
+        arrow(main, rows[8], x, rows[9])
+        skip(rows[6], rows[11], left if k == 0 else right, x)   # y joins every 1x1 branch
+    out = "out   (2C×H/2×W/2)" if reduction else "out   (C×H×W)"
+    tail = ([("concat → 2C channels", "real")] if reduction else []) + [("RPReLU₂", "real"), (out, "io")]
+    chain(main, tail, 12)
+    for x in columns:
+        arrow(x, rows[11], main, rows[12])
+    ax.set_title("Reduction block (blocks 2, 4, 6, 12)" if reduction else
+                 "Normal block (blocks 3, 5, 7–11, 13)")
+
+
+def plot_block_diagram(title: str | None = None):
+    """The two ReActNet-A block types of the BN-free (``bf``) network, as a diagram.
+
+    Left a normal block, right a reduction block (stride-2 3×3 conv,
+    average-pooled shortcut, two 1×1 convs concatenated to 2C channels).
+    Binary operations (±1 inputs) are orange, real-valued per-channel or
+    elementwise ones blue. Drawn from the wiring of
+    :class:`bnn_helpers.models.reactnet_a.ReActBlockA`; no model is built.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 8), layout="constrained")
+    for ax, reduction in zip(axes, (False, True)):
+        _draw_block(ax, reduction)
+    fig.legend(handles=[Patch(fc=_KIND_COLORS["binary"], ec="0.35",
+                              label="binary (±1 in; ±1·scale weights in step 2)"),
+                        Patch(fc=_KIND_COLORS["real"], ec="0.35",
+                              label="real-valued, per channel or elementwise")],
+               loc="outside lower center", ncols=2, frameon=False)
+    fig.suptitle(title or "BN-free ReActNet-A block (mode bf): α = 0.2, β from the variance "
+                          "recurrence; no normalization anywhere")
+    return fig
+
+
+_SPEED_PATHS = {"float": "float simulation", "reference": "packed reference",
+                "native": "packed, native kernel"}
+
+
+def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency: pd.DataFrame,
+                            ops_network: str = "ReActNet-A", title: str | None = None):
+    """Three panels: model size, real-valued operations per block, inference speed.
+
+    ``sizes``: rows with ``model``, ``norm``, ``float32 MB``, ``packed MB``.
+    ``real_ops``: real-valued operations per image, index = part (stem,
+    block1, ..., head), columns = ``(norm, stage)`` with stage ``float`` or
+    ``folded`` (``complexity.inference_op_table`` pivoted); ``ops_network``
+    names the network it counts. ``latency``: ms per image, index = network,
+    columns among ``float``, ``reference``, ``native`` (``latency_table``
+    totals pivoted). All three y axes are logarithmic: the values span decades.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), layout="constrained",
+                             gridspec_kw={"width_ratios": [1.0, 2.2, 1.2]})
+    palette = _colors(6)
+    plain_numbers = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 10, not 10^1
+
+    ax = axes[0]
+    labels = [("digits" if m.startswith("digits") else "1000 cl.") + f"\n{n}"
+              for m, n in zip(sizes["model"], sizes["norm"])]
+    xs = np.arange(len(sizes))
+    ax.bar(xs - 0.2, sizes["float32 MB"], 0.4, label="float32 checkpoint", color=palette[0])
+    ax.bar(xs + 0.2, sizes["packed MB"], 0.4, label="packed (bits + folded constants)", color=palette[1])
+    for x, f, p in zip(xs, sizes["float32 MB"], sizes["packed MB"]):
+        ax.text(x + 0.2, p * 1.15, f"{f / p:.0f}×", ha="center", fontsize="small")
+    ax.set(yscale="log", xticks=xs, xticklabels=labels, xlabel="model and normalization mode",
+           ylabel="size (MB, log scale)", title="Model size: float32 checkpoint vs packed",
+           ylim=(sizes["packed MB"].min() / 2, sizes["float32 MB"].max() * 8))
+
+    ax = axes[1]
+    series = [("bn", "float", "bn, float simulation"), ("bn", "folded", "bn, folded"),
+              ("bf", "float", "bf, float simulation"), ("bf", "folded", "bf, folded")]
+    xs = np.arange(len(real_ops))
+    for k, (norm, stage, label) in enumerate(series):
+        # hatched = before folding, plain = after: the pairs to compare
+        ax.bar(xs + (k - 1.5) * 0.2, real_ops[(norm, stage)] / 1e6, 0.2, label=label,
+               color=palette[2 + k], hatch="" if stage == "folded" else "//", edgecolor="white")
+    values = real_ops.to_numpy() / 1e6
+    ax.set(xticks=xs, xticklabels=[p.replace("block", "b") for p in real_ops.index], yscale="log",
+           ylim=(values.min() / 1.5, values.max() * 2.5),
+           xlabel="part of the network (stem, blocks 1–13, head)",
+           ylabel="real-valued ops per image (millions, log)",
+           title=f"Real-valued ops per image, {ops_network} (folded: bn = bf except the stem)")
+    ax.legend(ncol=4, loc="upper right")
+
+    ax = axes[2]
+    paths = [p for p in _SPEED_PATHS if p in latency]
+    xs = np.arange(len(latency))
+    width = 0.8 / len(paths)
+    for k, path in enumerate(paths):
+        ax.bar(xs + (k - (len(paths) - 1) / 2) * width, latency[path], width, color=palette[k],
+               label=_SPEED_PATHS[path])
+    ms = latency[paths].to_numpy()
+    ax.set(xticks=xs, xticklabels=[textwrap.fill(str(n), 16) for n in latency.index], yscale="log",
+           ylim=(ms.min() / 2, ms.max() * 8), xlabel="network and batch",
+           ylabel="CPU ms per image (one thread, log)", title="Inference speed")
+    ax.legend(loc="upper right")
+
+    axes[0].legend(loc="upper left")
+    for ax in axes:
+        ax.yaxis.set_major_formatter(plain_numbers)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fig.suptitle(title or "Deployment: what packing buys in size, real-valued work and speed")
+    return fig

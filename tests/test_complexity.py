@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from bnn_helpers import create_model
 from bnn_helpers.complexity import (COST_COLUMNS, complexity_table, format_table, layer_costs,
-                                    print_summary, total_complexity)
+                                    print_summary, stage_table, total_complexity)
 from bnn_helpers.layers import BinaryConv2d, RSign
 
 # The layout of docs/reference.md §2, independent of the model code.
@@ -57,6 +57,18 @@ def test_table_rows_and_totals(reactnet_a_bf_224):
     assert shapes == [(c, s, s) for c, s in zip(SPEC_A_OUT, SPEC_A_SPATIAL_224)]
     text = format_table(df)
     assert "total" in text and "blocks.12" in text and "4.82e9" in text
+
+
+def test_stage_table_groups_blocks_by_resolution(reactnet_a_bf_224):
+    _, df = reactnet_a_bf_224
+    stages = stage_table(df)
+    assert list(stages.index) == ["stem", "112×112", "56×56", "28×28", "14×14", "7×7", "head", "total"]
+    assert list(stages["blocks"]) == ["", "1", "2–3", "4–5", "6–11", "12–13", "", ""]
+    total = df.iloc[-1]
+    for column in ("bops", "flops", "ops"):
+        assert stages[column].iloc[:-1].sum() == pytest.approx(total[column])
+        assert stages.loc["total", column] == pytest.approx(total[column])
+    assert stages.loc["total", "params"] == total["real_params"] + total["binary_params"]
 
 
 def test_bn_cost_is_reported_and_not_counted_in_ops():

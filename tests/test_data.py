@@ -54,3 +54,36 @@ def test_cifar_offline_error_is_one_clear_line(tmp_path):
     cfg = load_config(None, {"dataset": "cifar10", "data_dir": str(tmp_path), "download": False})
     with pytest.raises(TrainError, match="not found under"):
         build_datasets(cfg)
+
+
+def test_write_image_folder_is_an_imagenet_layout_of_real_jpegs(tmp_path):
+    from PIL import Image
+
+    from bnn_helpers.data import pipeline_images_per_second, write_image_folder
+
+    root = write_image_folder(tmp_path / "demo", train_per_class=3, val_per_class=2, size=40, classes=4)
+    assert root == tmp_path / "demo"
+    for split, n in (("train", 3), ("val", 2)):
+        folders = sorted(p.name for p in (root / split).iterdir())
+        assert folders == [f"digit_{k}" for k in range(4)]
+        assert all(len(list((root / split / f).glob("*.jpg"))) == n for f in folders)
+    # no digit image is in both splits
+    names = {split: {p.name for p in (root / split).rglob("*.jpg")} for split in ("train", "val")}
+    assert not names["train"] & names["val"]
+    image = Image.open(next((root / "train" / "digit_0").glob("*.jpg")))
+    assert image.format == "JPEG" and image.size == (40, 40) and image.mode == "RGB"
+    # the same seed writes the same bytes
+    again = write_image_folder(tmp_path / "again", 3, 2, size=40, classes=4)
+    first = sorted((root / "val").rglob("*.jpg"))
+    assert [p.read_bytes() for p in first] == [(again / p.relative_to(root)).read_bytes() for p in first]
+    big = write_image_folder(tmp_path / "big", 1, 1, size=(500, 375), classes=1)
+    assert Image.open(next((big / "train" / "digit_0").glob("*.jpg"))).size == (500, 375)
+    with pytest.raises(ValueError, match="does not fit"):
+        write_image_folder(tmp_path / "huge", 1, 1, size=(700, 500), classes=1)
+
+    cfg = load_config(None, {"dataset": "folder", "data_dir": str(root), "image_size": 32, "val_resize": 36})
+    train, val, classes = build_datasets(cfg)
+    assert classes == 4 and len(train) == 12 and len(val) == 8
+    threads = torch.get_num_threads()
+    assert pipeline_images_per_second(train, images=4) > 0
+    assert torch.get_num_threads() == threads   # restored

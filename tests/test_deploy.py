@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bnn_helpers import create_model
+from bnn_helpers import create_model, deploy
 from bnn_helpers.bitkernels import PackedActivation, pack_bits, packed_conv2d, popcount, unpack_bits
 from bnn_helpers.complexity import inference_op_table
 from bnn_helpers.deploy import (PackedBinaryConv2d, PackedSign, exact_sign_thresholds,
@@ -252,6 +252,10 @@ def test_sizes(model_a, packed_a):
     assert packed_size_bytes(packed) == sum(t.numel() * t.element_size()
                                             for t in packed.state_dict().values())
     assert packed_size_bytes(packed) < float_size_bytes(model_a) / 3
+    parts = deploy.packed_size_breakdown(packed)
+    assert sum(parts.values()) == packed_size_bytes(packed) and parts["binary weight bits"] == bits
+    assert parts["stem + classifier (float32)"] >= 4 * model_a.head.fc.weight.numel()
+    assert parts["per-channel constants"] > 0
 
 
 def test_save_load_round_trip(packed_bn, images, tmp_path):
@@ -351,3 +355,22 @@ def test_deployment_code_does_not_import_pandas():
             "print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_compare_packed_runs_the_three_checks(model_a, packed_a, images):
+    from bnn_helpers.diagnostics import binary_conv_io, compare_packed
+
+    labels = torch.arange(len(images)) % 10
+    logits_f, logits_p, seen = binary_conv_io(model_a, packed_a, images)
+    names = [n for n, m in model_a.named_modules() if isinstance(m, BinaryScaledStdConv2d)
+             or getattr(m, "binary_weights", False) and isinstance(m, nn.Conv2d)]
+    assert set(seen["float"]) == set(seen["packed"]) == set(names)
+    x_p, dot = seen["packed"]["blocks.1.conv3x3"]
+    assert set(x_p.unique().tolist()) <= {-1.0, 0.0, 1.0} and dot.dtype == torch.int32
+    row, per_image = compare_packed(model_a, packed_a, images, labels)
+    assert row["digits"] == len(images) and row["integer results wrong"] == 0
+    assert row["argmax differs (decided)"] == 0 and row["sign outputs"] > 0
+    assert row["top-1 float %"] == 100 * float((logits_f.argmax(1) == labels).float().mean())
+    assert per_image["flips"].shape == (len(images),)
+    if row["sign flips"] == 0:
+        assert row["max rel. logit diff (no flip)"] < 1e-4

@@ -1,6 +1,9 @@
 """bnn_helpers.plotting: figure structure, savefig output, and the figure script's inputs."""
+from pathlib import Path
+
 import matplotlib
 import matplotlib.ticker
+import matplotlib.colors
 
 matplotlib.use("Agg")
 
@@ -220,3 +223,76 @@ def test_run_comparison_one_panel_per_group_and_a_stopped_run_in_the_legend(tmp_
 def test_run_comparison_one_epoch_keeps_integer_limits(tmp_path):
     fig = P.plot_run_comparison({"p": {"a": write_run(tmp_path / "a", epochs=(1,))}}, chance=10)
     assert fig.axes[0].get_xlim() == (0.5, 1.5)
+def test_accuracy_curves_draw_the_chance_level(tmp_path):
+    fig = P.plot_accuracy_curves({"run": write_run(tmp_path / "run")}, chance=10.0)
+    ax_acc, ax_loss = fig.axes
+    chance = [l for l in ax_acc.lines if l.get_label().startswith("chance")]
+    assert len(chance) == 1 and set(chance[0].get_ydata()) == {10.0}
+    guess = [l for l in ax_loss.lines if l.get_label().startswith("uniform guess")]
+    assert len(guess) == 1 and guess[0].get_ydata()[0] == pytest.approx(np.log(10))
+    assert "chance (10 %)" in [t.get_text() for t in ax_acc.get_legend().get_texts()]
+    # integer epoch ticks; y from 0, so the distance to chance is true to scale
+    assert all(float(t).is_integer() for t in ax_acc.get_xticks())
+    assert ax_acc.get_ylim()[0] == 0 and ax_loss.get_ylim()[0] == 0
+
+
+def boxes(ax):
+    """Texts drawn with a box around them: the diagram's blocks."""
+    return [t for t in ax.texts if t.get_bbox_patch() is not None]
+
+
+def test_block_diagram_has_every_operation_once():
+    fig = P.plot_block_diagram()
+    normal, reduction = fig.axes
+    # normal: x, ×β1, RSign1, 3×3 conv, ×α, +, RPReLU1, ×β2, RSign2, 1×1 conv, ×α, + y, RPReLU2, out
+    assert len(boxes(normal)) == 14
+    # reduction: the same with two 1×1 branches (conv, ×α, + y each), avgpool and concat
+    assert len(boxes(reduction)) == 14 + 3 + 2
+    for ax, n_binary in ((normal, 4), (reduction, 5)):
+        colors = [t.get_bbox_patch().get_facecolor() for t in boxes(ax)]
+        binary = matplotlib.colors.to_rgba(P._KIND_COLORS["binary"])
+        assert sum(np.allclose(c, binary) for c in colors) == n_binary   # 2 RSigns + the binary convs
+        labels = [t.get_text() for t in boxes(ax)]
+        repeated = {label for label in labels if labels.count(label) > 1}
+        assert repeated == ({"× α"} if ax is normal else {"× α", "+ y"})   # no box drawn twice
+        assert ax.get_title()
+    assert "stride 2" in " ".join(t.get_text() for t in boxes(reduction))
+    assert "avgpool\n2×2" in [t.get_text() for t in boxes(reduction)]
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 2
+    assert fig.get_suptitle()
+
+
+def test_deployment_summary_panels():
+    sizes = pd.DataFrame({"model": ["digits", "digits", "ReActNet-A", "ReActNet-A"],
+                          "norm": ["bf", "bn", "bf", "bn"], "float32 MB": [7.1, 7.2, 117.3, 117.5],
+                          "packed MB": [0.3, 0.3, 7.9, 7.9]})
+    parts = ["stem", "block1", "block2", "head"]
+    columns = pd.MultiIndex.from_product([["bf", "bn"], ["float", "folded"]])
+    real_ops = pd.DataFrame(np.arange(1, 17, dtype=float).reshape(4, 4) * 1e6, index=parts, columns=columns)
+    latency = pd.DataFrame({"float": [158.0, 0.44], "reference": [1210.0, 1.1], "native": [41.7, 0.12]},
+                           index=["1000-class bf, width 1, 224 px, batch 1", "digits bf, batch 64"])
+    fig = P.plot_deployment_summary(sizes, real_ops, latency, ops_network="test net")
+    size_ax, ops_ax, speed_ax = fig.axes
+    assert len(size_ax.patches) == 2 * len(sizes)
+    assert len(ops_ax.patches) == 4 * len(parts) and "test net" in ops_ax.get_title()
+    assert len(speed_ax.patches) == 3 * len(latency)
+    assert [t.get_text() for t in size_ax.texts] == ["24×", "24×", "15×", "15×"]
+    for ax in fig.axes:
+        assert ax.get_yscale() == "log" and ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+        assert ax.get_legend() is not None
+    assert fig.get_suptitle()
+    # a path missing from the latency table is left out, not drawn empty
+    fig = P.plot_deployment_summary(sizes, real_ops, latency.drop(columns="native"))
+    assert len(fig.axes[2].patches) == 2 * len(latency)
+
+
+def test_display_path_hides_this_machine(tmp_path, monkeypatch):
+    from bnn_helpers.paths import display_path
+
+    monkeypatch.setenv("BNN_RUNS_DIR", str(tmp_path / "runs"))
+    assert display_path(tmp_path / "runs" / "demo" / "summary.csv") == "<runs>/demo/summary.csv"
+    assert display_path(tmp_path / "runs") == "<runs>"
+    assert not (tmp_path / "runs").exists()     # naming a path creates no folder
+    import tempfile
+    assert display_path(Path(tempfile.gettempdir()) / "x" / "y.txt") == "<tmp>/x/y.txt"
+    assert display_path("/somewhere/else/file.txt") == "file.txt"

@@ -8,7 +8,8 @@ from bnn_helpers import create_model
 from bnn_helpers.agc import parameters_except_classifier
 from bnn_helpers.losses import Objective
 from bnn_helpers.metrics import topk_hits
-from bnn_helpers.training_step import make_optimizer, make_scheduler, training_step
+from bnn_helpers.training_step import (make_optimizer, make_scheduler, training_step,
+                                       training_throughput)
 
 
 @pytest.fixture
@@ -95,3 +96,15 @@ def test_top1_is_argmax_everywhere_even_on_exact_ties():
     hit1, _ = topk_hits(logits, y, k=2)
     assert int(hit1) == 3
     assert top1_accuracy(torch.nn.Identity(), logits, y) == pytest.approx(100.0)
+
+
+def test_training_throughput_times_the_recipe_step(single_thread):
+    student, teacher = _model(0), _model(1).eval()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    rate = training_throughput(student, batch=4, image_size=32, teacher=teacher, steps=2, warmup=1)
+    assert rate > 0
+    # 3 steps of Adam changed the student, not the teacher
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert training_throughput(_model(2), batch=2, image_size=32, loss="ce", steps=1, warmup=0) > 0
+    with pytest.raises(ValueError, match="teacher"):
+        training_throughput(_model(0), batch=2, image_size=32, loss="kd")
