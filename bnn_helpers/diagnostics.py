@@ -43,6 +43,7 @@ when the forward raises.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Iterable, Mapping
 
@@ -64,6 +65,7 @@ __all__ = [
     "channel_statistics",
     "signal_propagation",
     "logit_variance",
+    "batch_coupling",
     "top1_accuracy",
     "top2_margin",
     "compare_predictions",
@@ -218,6 +220,25 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
         if column not in table:
             table[column] = np.nan
     return table[ordered + signs]
+
+
+def batch_coupling(model: nn.Module, sample: torch.Tensor, companions_a: torch.Tensor,
+                   companions_b: torch.Tensor | None = None) -> float:
+    """How much one input's logits depend on the rest of its batch: the series' one measure.
+
+    ``sample`` (one input, batch dim 1) is run once in front of ``companions_a``
+    and once in front of ``companions_b`` (``None``: alone, a batch of one); the
+    result is the relative change of its logits, ``‖l_A − l_B‖ / ‖l_A‖``. 0 for a
+    network whose output for one input ignores the batch (eval mode, no BN, BN-free);
+    float32 rounding gives ~1e-7 when the batch layout changes. Runs on a copy of
+    ``model`` in its current train/eval mode, so train-mode BN running statistics
+    are not touched.
+    """
+    model = copy.deepcopy(unwrap(model))
+    with torch.no_grad():
+        a = model(torch.cat([sample, companions_a]))[0]
+        b = model(sample if companions_b is None else torch.cat([sample, companions_b]))[0]
+    return float((a - b).norm() / a.norm())
 
 
 def logit_variance(model: nn.Module, x: torch.Tensor) -> float:

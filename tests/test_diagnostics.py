@@ -414,3 +414,16 @@ def test_ste_window_shares_known_answer_and_hooks_removed():
         with D.ste_window_shares(failing) as shares:
             failing(torch.randn(1, 3, 4, 4))
     assert len(shares) == 1 and all_hooks(failing) == 0     # block 1's RSign ran, block 2 raised
+
+
+def test_batch_coupling_is_zero_without_batch_statistics_and_large_with_them():
+    torch.manual_seed(0)
+    x = torch.randn(17, 3, 32, 32)
+    bn = create_model("reactnet_a_bn", width_mult=0.25, num_classes=10, binary_weights=False)
+    bf = create_model("reactnet_a_bf", width_mult=0.25, num_classes=10, binary_weights=False)
+    running = {k: v.clone() for k, v in bn.state_dict().items() if "running" in k}
+    assert D.batch_coupling(bn.train(), x[:1], x[1:9], x[9:]) > 0.01
+    assert all(torch.equal(bn.state_dict()[k], v) for k, v in running.items())  # ran on a copy
+    assert D.batch_coupling(bn.eval(), x[:1], x[1:9], x[9:]) < 1e-5
+    for companions_b in (x[9:], None):  # other companions, or alone
+        assert D.batch_coupling(bf.train(), x[:1], x[1:9], companions_b) < 1e-5
