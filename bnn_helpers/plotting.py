@@ -193,7 +193,7 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
         ax.set(xlabel="block", ylabel=ylabel, title=name)
     axes[1].axhline(0, color="0.6", linewidth=0.8)
     axes[2].axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
-    axes[0].legend(title="network")
+    axes[-1].legend(title="network", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Sign saturation per block")
     return fig
 
