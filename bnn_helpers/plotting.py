@@ -168,7 +168,9 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``. The
     middle panel averages the block's ``sign_window*`` columns (share of sign
     inputs with ``|u| < 1``, where the approx/ste estimators pass a gradient),
-    the right one its ``sign_balance*`` columns (share of +1 outputs).
+    the right one its ``sign_balance*`` columns (share of +1 outputs). A label that
+    starts with a mode (``"bf · trained"``) gets that mode's colour; tell the
+    variants of one mode apart with ``linestyles``.
     """
     if not tables_by_label:
         raise ValueError("plot_sign_saturation needs at least one table: {label: DataFrame}")
@@ -176,7 +178,11 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
               ("Sign inputs inside the gradient window", "share with |u| < 1", False),
               ("Sign outputs", "share of +1", False)]
     fig, axes = _figure(len(panels))
-    for (label, table), color in zip(tables_by_label.items(), _colors(len(tables_by_label))):
+    modes = ("bn", "none", "bf")  # a label "bn · init" is drawn in bn's colour, as everywhere in the series
+    by_mode = dict(zip(modes, _colors(len(modes))))
+    fallback = iter(_colors(len(tables_by_label) + len(modes))[len(modes):])
+    for label, table in tables_by_label.items():
+        color = by_mode.get(label.split(" ")[0]) or next(fallback)
         blocks = table[table["name"].str.startswith("block")]
         index = blocks["name"].str.replace("block", "").astype(int).to_numpy()
         values = (blocks["avg_var"].to_numpy(dtype=float), _mean_of(blocks, "sign_window"),
