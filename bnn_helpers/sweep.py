@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -73,15 +74,19 @@ def _finished(folder: Path) -> bool:
 def _train(sweep: dict, run: tuple, scratch: Path, root: Path) -> str:
     name, setting, mode, seed, overrides = run
     run_dir = scratch / name
+    cwd = repo_root(Path.cwd())
+    # the run's config.yaml records --run-dir and is shipped in results/: keep it relative to the repo
+    run_dir_arg = (os.path.relpath(run_dir.resolve(), cwd.resolve())
+                   if run_dir.resolve().is_relative_to(cwd.resolve()) else str(run_dir))
     cmd = [sys.executable, "-m", "bnn_helpers.train", "--config", sweep["config"].format(mode=mode),
-           "--seed", str(seed), "--run-dir", str(run_dir), "--threads", "1",
+           "--seed", str(seed), "--run-dir", run_dir_arg, "--threads", "1",
            "--track-stats", "true", "--progress", "log", "--overwrite", "true"]
     for key, value in overrides.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     start = time.perf_counter()
     log = scratch / f"{name}.log"
     with open(log, "w") as out:
-        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=repo_root(Path.cwd()))
+        rc = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     # A run that diverges is a result, not a failure: keep the epochs it logged.
     diverged = rc != 0 and "non-finite" in log.read_text()
     if rc != 0 and not (diverged and (run_dir / "summary.csv").is_file()):
