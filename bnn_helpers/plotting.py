@@ -402,6 +402,13 @@ def plot_weight_histograms(values_by_layer: Mapping[str, np.ndarray], bins: int 
 _PREDICTION_DASHES = ["--", (0, (1, 1.5)), "-.", (0, (5, 1, 1, 1, 1, 1))]
 
 
+def _label_panel(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Integer x ticks, axis labels, title and a small legend: how the comparison panels end."""
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize="x-small")
+
+
 def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]],
                                xlabel: str, ylabel: str, title: str | None = None,
                                log: bool | Mapping[str, bool] = True):
@@ -431,11 +438,7 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
             ax.plot(x, y, color="0.1", linestyle=dash, linewidth=2.2, label=label, zorder=3)
         if log.get(name, True) if isinstance(log, Mapping) else log:
             ax.set_yscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(name)
-        ax.legend(fontsize="x-small")
+        _label_panel(ax, xlabel, ylabel, name)
     if title:
         fig.suptitle(title)
     return fig
@@ -502,11 +505,7 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
         if chance is not None:
             ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
         ax.set_xlim(0.5, max(longest, 1) + 0.5)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(name)
-        ax.legend(fontsize="x-small")
+        _label_panel(ax, "epoch", ylabel, name)
     if title:
         fig.suptitle(title)
     return fig
