@@ -51,6 +51,7 @@ from bnn_helpers.binarize import use_reference
 from bnn_helpers.config import DEFAULTS
 from bnn_helpers.layers import is_binary_conv
 from bnn_helpers.losses import Objective
+from bnn_helpers.runtime import reuse_freed_memory
 from bnn_helpers.training_step import make_optimizer, training_step
 
 SHAPES = {
@@ -317,6 +318,9 @@ def parse_args(argv=None):
     p.add_argument("--memory-batch", type=int, default=32)
     p.add_argument("--memory-resolution", type=int, default=224)
     p.add_argument("--memory-variants", nargs="+", choices=VARIANTS, default=["bf"])
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's defaults (the training CLI calls "
+                        "bnn_helpers.runtime.reuse_freed_memory(), so by default this does too)")
     p.add_argument("--profile", action="store_true",
                    help="print a torch.profiler table of the bf step-2 package step")
     p.add_argument("--profile-rows", type=int, default=25)
@@ -347,11 +351,13 @@ def main(argv=None):
 
 def _run(args, device):
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    heap_reused = False if args.system_malloc else reuse_freed_memory()
     results = dict(
         meta=dict(torch=torch.__version__, python=platform.python_version(),
                   machine=platform.processor() or platform.machine(), device=str(device),
                   threads=torch.get_num_threads(), quick=args.quick, width_mult=args.width,
                   warmup=args.warmup, rounds=args.rounds, argv=args.argv,
+                  reuse_freed_memory=heap_reused,
                   memory_method=("torch.cuda.max_memory_allocated" if device.type == "cuda"
                                  else "peak RSS (VmHWM) above RSS before the step, after malloc_trim")),
         train_step=[], train_ratios=[], memory=[], eval=[])

@@ -69,7 +69,7 @@ from .config import TrainError, describe_keys, load_config, parse_cli_overrides,
 from .engine import Interrupted, Trainer
 from .preflight import RESUME_ADJUSTABLE
 from .run_dir import SUMMARY_COLUMNS, finished_run
-from .runtime import determinism, stop_on_signals
+from .runtime import determinism, reuse_freed_memory, stop_on_signals
 
 __all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
            "model_from_checkpoint", "read_checkpoint", "SUMMARY_COLUMNS", "RESUME_ADJUSTABLE",
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rest.append(argv[i])
             i += 1
+    reuse_freed_memory()  # a training process: keep freed tensor memory for the next step
     try:
         outcome = run_with_outcome(config, rest)
     except TrainError as exc:

