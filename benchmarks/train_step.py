@@ -8,8 +8,9 @@ Three measurements, all in one run so their ratios share the same machine state:
    every variant (bn / none / bf x step 1 / step 2) at two shapes:
    32x32 input, batch 32, 10 classes and 224x224, batch 8, 1000 classes.
    The package and the composition (``bnn_helpers.binarize.use_reference``)
-   run on the same model, alternating step by step, so load changes on a
-   shared machine hit both alike. Reported: median step time after warm-up,
+   run on the same model, and all variants of one shape and step alternate
+   step by step (the order rotating every round), so load changes on a
+   shared machine hit them alike. Reported: median step time after warm-up,
    images/s, peak memory of one step, and composition/package ratios.
 2. Peak training memory at 224x224, batch 32 (package vs composition).
 3. Eval throughput of the BN-free step-2 network with the cached binary
@@ -168,26 +169,30 @@ def make_train_step(model, optimizer, x, y, impl: str):
 
 
 def bench_train(args, shapes, device, results):
+    """Every variant and implementation of one shape and step alternate in the same rounds,
+    so the ratios between variants (bf vs bn) share the machine's state as well."""
     rows = results["train_step"]
     for shape_name in args.shapes:
         shape = shapes[shape_name]
-        for variant in args.variants:
-            for step_of in args.steps_of:
+        for step_of in args.steps_of:
+            steps = {}
+            for variant in args.variants:
                 model, opt, x, y = build(variant, step_of, shape, args.width, device)
-                steps = {impl: make_train_step(model, opt, x, y, impl) for impl in IMPLS}
-                times, cpu = alternate(steps, args.warmup, args.rounds, device)
                 for impl in IMPLS:
-                    median = statistics.median(times[impl])
-                    rows.append(dict(shape=shape_name, **shape, variant=variant, step=step_of,
-                                     impl=impl, median_s=median,
-                                     images_per_s=shape["batch"] / median,
-                                     cpu_median_s=statistics.median(cpu[impl]),
-                                     times_s=times[impl],
-                                     peak_mib=mib(peak_step_memory(steps[impl], device))))
-                    print(_train_row(rows[-1]), flush=True)
-                if args.profile and variant == "bf" and step_of == 2:
-                    profile_step(steps["package"], device, args.profile_rows)
-                del model, opt, steps
+                    steps[variant, impl] = make_train_step(model, opt, x, y, impl)
+            times, cpu = alternate(steps, args.warmup, args.rounds, device)
+            for (variant, impl), step in steps.items():
+                median = statistics.median(times[variant, impl])
+                rows.append(dict(shape=shape_name, **shape, variant=variant, step=step_of,
+                                 impl=impl, median_s=median,
+                                 images_per_s=shape["batch"] / median,
+                                 cpu_median_s=statistics.median(cpu[variant, impl]),
+                                 times_s=times[variant, impl],
+                                 peak_mib=mib(peak_step_memory(step, device))))
+                print(_train_row(rows[-1]), flush=True)
+            if args.profile and "bf" in args.variants and step_of == 2:
+                profile_step(steps["bf", "package"], device, args.profile_rows)
+            del steps
     results["train_ratios"] = _train_ratios(rows)
 
 

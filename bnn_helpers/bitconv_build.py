@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["SOURCE", "SOURCES", "FLAGS", "ABI_VERSION", "BlockA", "cache_dir", "find_compiler", "library_path",
+__all__ = ["SOURCE", "SOURCES", "FLAGS", "OPENMP_FLAGS", "ABI_VERSION", "BlockA", "cache_dir", "find_compiler", "library_path",
            "compile_library", "load_library", "build_and_load"]
 
 SOURCE = Path(__file__).with_name("csrc") / "bitconv.cpp"
@@ -25,6 +25,13 @@ SOURCES = (SOURCE, SOURCE.with_name("weight_path.cpp"))  # compiled into one lib
 # -pthread: the weight path starts std::threads (a no-op on glibc >= 2.34, needed before)
 FLAGS = ("-O3", "-std=c++14", "-fPIC", "-shared", "-pthread", "-ffp-contract=off",
          "-fno-fast-math", "-fvisibility=hidden")
+# Tried first, dropped if the compiler lacks it (e.g. Apple clang). With it the weight path
+# splits its rows over the OpenMP pool torch itself runs on: the loader resolves
+# libgomp.so.1 to the copy torch already loaded, whose workers stay awake (spinning)
+# between torch's ops, so threads of our own would compete with them for the cores
+# (measured: the weight path's backward 53 ms with its own threads, 27 ms on the pool,
+# in a ReActNet-A training step on 2 cores).
+OPENMP_FLAGS = ("-fopenmp",)
 ABI_VERSION = 2
 
 
@@ -45,7 +52,7 @@ def find_compiler() -> str | None:
 
 def library_path(compiler: str) -> Path:
     key = hashlib.sha256()
-    for part in (*(src.read_bytes() for src in SOURCES), repr(FLAGS).encode(), os.path.realpath(compiler).encode(),
+    for part in (*(src.read_bytes() for src in SOURCES), repr(FLAGS + OPENMP_FLAGS).encode(), os.path.realpath(compiler).encode(),
                  platform.machine().encode(), sys.platform.encode(), str(ABI_VERSION).encode()):
         key.update(part)
         key.update(b"\0")
@@ -57,11 +64,14 @@ def compile_library(compiler: str, target: Path) -> float:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([compiler, *FLAGS, "-o", str(tmp), *map(str, SOURCES)],
-                              capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise RuntimeError(f"running {compiler} failed: {err}") from None
+    for extra in (OPENMP_FLAGS, ()):  # without OpenMP the weight path starts its own threads
+        try:
+            proc = subprocess.run([compiler, *FLAGS, *extra, "-o", str(tmp), *map(str, SOURCES)],
+                                  capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise RuntimeError(f"running {compiler} failed: {err}") from None
+        if proc.returncode == 0:
+            break
     if proc.returncode != 0:
         log = target.with_name("build.log")
         log.write_text(proc.stdout + proc.stderr)
@@ -112,6 +122,7 @@ def load_library(path: Path):
     lib.bnn_ws_backward.restype = None
     lib.bnn_ws_simd.argtypes = [i32]
     lib.bnn_ws_simd.restype = i32
+    lib.bnn_ws_openmp.restype = i32
     if lib.bnn_abi_version() != ABI_VERSION or lib.bnn_block_a_size() != ctypes.sizeof(BlockA):
         raise RuntimeError(f"{path} does not match this bnn_helpers (ABI/struct mismatch)")
     return lib

@@ -120,12 +120,14 @@ def available() -> bool:
 
 
 def info() -> dict:
-    """``available``, ``mode``, ``popcnt`` (hardware instruction used), ``path``,
-    ``build_s`` (seconds this process spent compiling; None if it loaded a cached
-    build) and ``error`` (why it is unavailable)."""
+    """``available``, ``mode``, ``popcnt`` (hardware instruction used), ``openmp``
+    (the weight path runs on torch's OpenMP pool), ``path``, ``build_s`` (seconds this
+    process spent compiling; None if it loaded a cached build) and ``error`` (why it
+    is unavailable)."""
     lib = _state["lib"]
     return {"available": lib is not None, "mode": mode(),
             "popcnt": bool(lib.bnn_uses_popcnt()) if lib is not None else None,
+            "openmp": bool(lib.bnn_ws_openmp()) if lib is not None else None,
             "path": str(_state["path"]) if _state["path"] else None,
             "build_s": _state["build_s"], "error": _state["error"]}
 

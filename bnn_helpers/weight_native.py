@@ -7,7 +7,8 @@ gradient are computed. Forward reads the weights once and writes the output once
 backward reads weights and upstream gradient once and writes the gradient once.
 Statistics and the backward arithmetic run in double, rounded to float32 once.
 Channels are split over ``torch.get_num_threads()`` threads (one thread below
-64K weights); every channel is computed by one thread in a fixed order, so the
+64K weights), run on torch's own OpenMP pool when the library was built with
+OpenMP (``bitconv_native.info()["openmp"]``), else on threads it starts; every channel is computed by one thread in a fixed order, so the
 bits do not depend on the thread count.
 
 It shares the library, the build and the switch of :mod:`bnn_helpers.bitconv_native`:

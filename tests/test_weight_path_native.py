@@ -7,7 +7,10 @@ float32 rounding). Tolerances are float32 rounding: 1e-5 relative to the largest
 entry of the tensor, as tests/test_fused.py uses. Every test that exercises the
 native path checks the call counter, so none can pass on the fallback.
 """
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,6 +222,39 @@ def test_failed_build_falls_back_silently(monkeypatch):
             B.binarize_standardized_weight(w, gain)
     finally:
         bitconv_native._state.update(saved)
+
+
+def test_build_without_openmp_still_gives_the_same_bits(lib, monkeypatch, tmp_path):
+    """A compiler without -fopenmp (simulated by an unknown flag) gets the std::thread build."""
+    monkeypatch.setenv("BNN_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(bitconv_build, "OPENMP_FLAGS", ("-fno-such-flag-in-any-compiler",))
+    plain, _, _ = bitconv_build.build_and_load()
+    assert plain.bnn_ws_openmp() == 0
+    w, gain, up = _weights((64, 128, 3, 3))
+    outputs = []
+    for library in (lib, plain):
+        monkeypatch.setattr(weight_native, "lib_for", lambda *a, _l=library: _l)
+        with Counted() as calls:
+            outputs.append(_run(B.binarize_standardized_weight, w, gain, up))
+        assert calls.forward == calls.backward == 1
+    (out_a, grads_a), (out_b, grads_b) = outputs
+    assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+def test_openmp_build_shares_torchs_runtime(lib):
+    """With OpenMP, loading the library must not map a second OpenMP runtime next to torch's."""
+    if not lib.bnn_ws_openmp():
+        pytest.skip("built without OpenMP")
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("no /proc/self/maps")
+    probe = ("import torch\n"
+             "from pathlib import Path\n"
+             "from bnn_helpers import bitconv_native\n"
+             "omp = lambda: sorted({l.split()[-1] for l in Path('/proc/self/maps').read_text()"
+             ".splitlines() if 'gomp' in l or 'libomp' in l or 'iomp' in l})\n"
+             "before = omp(); bitconv_native.build(); print(before == omp(), before)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("True"), out.stdout
 
 
 def test_only_needed_gradients_and_compact_saved_tensors(lib):

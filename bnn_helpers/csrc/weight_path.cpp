@@ -17,7 +17,8 @@
 // lanes let it vectorise while the result stays the same for any ISA or thread count
 // (each row is computed by exactly one thread, always in the same order).
 //
-// Same build as bitconv.cpp (one library, plain C ABI via ctypes, -ffp-contract=off).
+// Same build as bitconv.cpp (one library, plain C ABI via ctypes, -ffp-contract=off),
+// with -fopenmp where the compiler has it (parallel_rows then uses torch's OpenMP pool).
 
 #include <algorithm>
 #include <cmath>
@@ -206,6 +207,19 @@ template <class Fn>
 void parallel_rows(i64 rows, i64 n, int threads, Fn fn) {
     i64 t = std::max<i64>(1, std::min<i64>({i64(threads), rows, rows * n / kMinPerThread}));
     const i64 chunk = (rows + t - 1) / t;
+#ifdef _OPENMP
+    // Built with OpenMP: the blocks run on the OpenMP pool torch already uses (the loader
+    // resolves libgomp.so.1 to torch's copy), whose workers are awake between torch's ops,
+    // instead of new threads that would compete with them for the cores.
+    if (t > 1) {
+#pragma omp parallel for num_threads(int(t)) schedule(static, 1)
+        for (i64 b = 0; b < t; ++b) {
+            const i64 r0 = b * chunk, r1 = std::min(rows, r0 + chunk);
+            if (r0 < r1) fn(r0, r1);
+        }
+        return;
+    }
+#endif
     std::vector<std::thread> pool;
     std::vector<std::pair<i64, i64>> inline_blocks;
     for (i64 r0 = chunk; r0 < rows; r0 += chunk) {
@@ -241,6 +255,15 @@ BNN_EXPORT void bnn_ws_backward(const float* w, const float* grad, i64 rows, i64
     parallel_rows(rows, n, threads, [=](i64 r0, i64 r1) {
         fn(w, grad, r0, r1, n, stats, gain, binarize != 0, grad_w, grad_gain);
     });
+}
+
+// 1 if the library was built with OpenMP (parallel_rows uses the OpenMP pool), else 0.
+BNN_EXPORT int bnn_ws_openmp() {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 // 1 if the AVX2 build of the loops runs, else 0. simd = 0 forces the baseline build,
