@@ -1,21 +1,25 @@
-"""Training throughput of BN-free ReActNet-A (step 2) on one GPU, 224x224, batch 256.
+"""Training throughput of ReActNet-A (step 2) on one GPU, 224x224, batch 256.
 
-Synthetic tensors already on the device, so only the model is timed. Four settings:
+Synthetic tensors already on the device, so only the model is timed. For each
+variant (``--variants``, default bf, bn and none) three settings, and for bf a fourth:
 
 * ``composition fp32``   - the straightforward autograd composition (baseline)
 * ``package fp32``       - the fused package, eager
 * ``package bf16+cl``    - bf16 autocast and channels_last
-* ``package bf16+cl+compile`` - the same under ``torch.compile`` (compile time reported apart)
+* ``package bf16+cl+compile`` - the same under ``torch.compile`` (compile time reported
+  apart; ``--compile-variants``, default bf only: each compile takes about a minute)
 
-Reported per setting: median images/s over the timed steps and peak GPU memory
-of a training step (``torch.cuda.max_memory_allocated``). Runs in well under
-5 minutes on an H100. Without CUDA it says so and exits cleanly; ``--device cpu
---quick`` runs every code path on a tiny network (compile with the ``eager``
-backend) so the script is tested without a GPU.
+Reported per variant and setting: median images/s over the timed steps and peak GPU
+memory of a training step (``torch.cuda.max_memory_allocated``). A setting that runs
+out of memory at ``--batch`` is retried at half the batch until it fits (the batch
+used is reported). Runs in well under 5 minutes on an H100. Without CUDA it says so
+and exits cleanly; ``--device cpu --quick`` runs every code path on a tiny network
+(compile with the ``eager`` backend) so the script is tested without a GPU.
 
 Usage::
 
     python benchmarks/gpu_throughput.py [--json out.json]
+    python benchmarks/gpu_throughput.py --variants bf --no-compile
     python benchmarks/gpu_throughput.py --device cpu --quick
 """
 from __future__ import annotations
@@ -44,9 +48,10 @@ SETTINGS = (
 )
 
 
-def run_setting(name, reference, bf16, channels_last, compile_model, args, device):
+def run_setting(variant, name, reference, bf16, channels_last, compile_model, args, device,
+                batch):
     torch.manual_seed(0)
-    model = create_model("reactnet_a_bf", binary_weights=True, num_classes=args.classes,
+    model = create_model(f"reactnet_a_{variant}", binary_weights=True, num_classes=args.classes,
                          width_mult=args.width).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -54,9 +59,9 @@ def run_setting(name, reference, bf16, channels_last, compile_model, args, devic
                                DEFAULTS["momentum"])
     objective = Objective("ce")
     agc_params = parameters_except_classifier(model) if DEFAULTS["agc"] else None
-    x = torch.randn(args.batch, 3, args.resolution, args.resolution, device=device)
+    x = torch.randn(batch, 3, args.resolution, args.resolution, device=device)
     x = x.contiguous(memory_format=fmt)
-    y = torch.randint(0, args.classes, (args.batch,), device=device)
+    y = torch.randint(0, args.classes, (batch,), device=device)
     forward = (torch.compile(model, backend=args.compile_backend) if compile_model else model)
 
     def step():  # the engine's training step (cross-entropy, AGC and Adam as the defaults set them)
@@ -86,15 +91,30 @@ def run_setting(name, reference, bf16, channels_last, compile_model, args, devic
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
-    row = dict(setting=name, images_per_s=args.batch / median, median_step_s=median,
-               first_step_s=first_step_s, peak_memory_gib=peak)
+    row = dict(variant=variant, setting=name, batch=batch, images_per_s=batch / median,
+               median_step_s=median, first_step_s=first_step_s, peak_memory_gib=peak)
     peak_text = "n/a" if peak is None else f"{peak:.2f} GiB"
-    print(f"{name:>26}: {row['images_per_s']:9.1f} img/s  step {median * 1e3:8.1f} ms  "
-          f"first step {first_step_s:6.1f} s  peak {peak_text}", flush=True)
+    print(f"{variant:>4} {name:>26} b{batch}: {row['images_per_s']:9.1f} img/s  step "
+          f"{median * 1e3:8.1f} ms  first step {first_step_s:6.1f} s  peak {peak_text}", flush=True)
     del model, optimizer, forward
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def run_fitting(variant, setting, args, device):
+    """``run_setting`` at ``--batch``, halving the batch while the GPU runs out of memory."""
+    batch = args.batch
+    while True:
+        try:
+            return run_setting(variant, *setting, args, device, batch)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if batch == 1:
+                raise
+            print(f"{variant} {setting[0]}: out of memory at batch {batch}, trying {batch // 2}",
+                  flush=True)
+            batch //= 2
 
 
 def parse_args(argv=None):
@@ -110,6 +130,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting")
+    p.add_argument("--variants", nargs="+", choices=("bf", "bn", "none"), default=["bf", "bn", "none"])
+    p.add_argument("--compile-variants", nargs="*", choices=("bf", "bn", "none"), default=["bf"],
+                   help="variants that also get the torch.compile setting (default bf)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.quick:
@@ -134,18 +157,19 @@ def main(argv=None):
     if device.type == "cpu" and args.quick:
         torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     try:
-        rows = [run_setting(*setting, args, device) for setting in SETTINGS
-                if not (setting[4] and args.no_compile)]
+        rows = [run_fitting(variant, setting, args, device)
+                for variant in args.variants for setting in SETTINGS
+                if not (setting[4] and (args.no_compile or variant not in args.compile_variants))]
     finally:
         torch.set_num_threads(threads_before)
-    base = rows[0]["images_per_s"]
     for row in rows:
-        row["speedup_vs_composition"] = row["images_per_s"] / base
+        base = next(r for r in rows if r["variant"] == row["variant"])  # its composition fp32
+        row["speedup_vs_composition"] = row["images_per_s"] / base["images_per_s"]
     result = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__, batch=args.batch, resolution=args.resolution,
                   width_mult=args.width, rows=rows)
-    print("speedup vs composition fp32: " +
-          ", ".join(f"{r['setting']} {r['speedup_vs_composition']:.2f}x" for r in rows))
+    print("speedup vs composition fp32: " + ", ".join(
+        f"{r['variant']} {r['setting']} {r['speedup_vs_composition']:.2f}x" for r in rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

@@ -16,8 +16,10 @@ Three measurements, all in one run so their ratios share the same machine state:
 3. Eval throughput of the BN-free step-2 network with the cached binary
    weights against recomputing them at every forward.
 
-Peak memory is what one training step adds on top of what is live before it
-(parameters, Adam state, inputs). On CUDA: ``torch.cuda.max_memory_allocated``.
+Saved memory is what autograd keeps for backward after the forward (activations,
+effective weights; parameters excluded, each storage once): exact, the same on
+every run. Peak memory is what one training step adds on top of what is live
+before it (parameters, Adam state, inputs). On CUDA: ``torch.cuda.max_memory_allocated``.
 On CPU torch has no allocator statistics, so the peak resident set size is
 used: free heap pages are returned with ``malloc_trim``, the kernel's peak
 counter is reset (``/proc/self/clear_refs``), and the step's peak is
@@ -105,6 +107,24 @@ def peak_step_memory(step, device: torch.device) -> int | None:
     return _proc_status_bytes("VmHWM") - before
 
 
+def saved_for_backward_bytes(model, x, y, impl: str) -> int:
+    """Bytes autograd keeps for backward after the forward and loss, parameters excluded,
+    each storage counted once: exact and noise-free, unlike a peak-RSS reading."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with use_reference(impl == "composition"), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        torch.nn.functional.cross_entropy(model(x), y)
+    return sum(storages.values())
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -175,11 +195,12 @@ def bench_train(args, shapes, device, results):
     for shape_name in args.shapes:
         shape = shapes[shape_name]
         for step_of in args.steps_of:
-            steps = {}
+            steps, saved = {}, {}
             for variant in args.variants:
                 model, opt, x, y = build(variant, step_of, shape, args.width, device)
                 for impl in IMPLS:
                     steps[variant, impl] = make_train_step(model, opt, x, y, impl)
+                    saved[variant, impl] = saved_for_backward_bytes(model, x, y, impl)
             times, cpu = alternate(steps, args.warmup, args.rounds, device)
             for (variant, impl), step in steps.items():
                 median = statistics.median(times[variant, impl])
@@ -188,7 +209,8 @@ def bench_train(args, shapes, device, results):
                                  images_per_s=shape["batch"] / median,
                                  cpu_median_s=statistics.median(cpu[variant, impl]),
                                  times_s=times[variant, impl],
-                                 peak_mib=mib(peak_step_memory(step, device))))
+                                 peak_mib=mib(peak_step_memory(step, device)),
+                                 saved_mib=mib(saved[variant, impl])))
                 print(_train_row(rows[-1]), flush=True)
             if args.profile and "bf" in args.variants and step_of == 2:
                 profile_step(steps["bf", "package"], device, args.profile_rows)
@@ -200,7 +222,7 @@ def _train_row(r):
     peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:8.1f}"
     return (f"{r['shape']:>6} {r['variant']:>4} step{r['step']} {r['impl']:>11}: "
             f"{r['median_s'] * 1e3:9.1f} ms (cpu {r['cpu_median_s'] * 1e3:9.1f} ms) "
-            f"{r['images_per_s']:8.2f} img/s  peak {peak} MiB")
+            f"{r['images_per_s']:8.2f} img/s  peak {peak} MiB  saved {r['saved_mib']:7.1f} MiB")
 
 
 def _train_ratios(rows):

@@ -26,6 +26,7 @@ def test_train_step_quick_writes_complete_json(tmp_path):
     for row in rows:
         assert row["median_s"] > 0 and row["images_per_s"] > 0
         assert row["peak_mib"] is None or row["peak_mib"] >= 0
+        assert row["saved_mib"] > 0
     ratios = {(r["shape"], r["variant"]): r for r in saved["train_ratios"]}
     assert ratios[("32px", "bf")]["speedup_vs_composition"] > 0
     assert ratios[("32px", "bn")]["time_vs_bn_package"] == 1.0
@@ -66,8 +67,33 @@ def test_gpu_throughput_code_path_on_cpu(tmp_path):
     # 2 busy cores, so it runs only when asked for.
     extra = [] if os.environ.get("BNN_BENCH_COMPILE") == "1" else ["--no-compile"]
     out = tmp_path / "gpu.json"
-    result = gpu_throughput.main(["--device", "cpu", "--quick", "--json", str(out), *extra])
-    names = [r["setting"] for r in result["rows"]]
-    assert names[:3] == ["composition fp32", "package fp32", "package bf16+cl"]
-    assert result["rows"][0]["speedup_vs_composition"] == 1.0
-    assert json.loads(out.read_text())["batch"] == 2
+    result = gpu_throughput.main(["--device", "cpu", "--quick", "--json", str(out),
+                                  "--variants", "bf", "bn", *extra])
+    rows = {(r["variant"], r["setting"]) for r in result["rows"]}
+    for variant in ("bf", "bn"):
+        assert {(variant, s) for s in ("composition fp32", "package fp32", "package bf16+cl")} <= rows
+    assert ("bn", "package bf16+cl+compile") not in rows        # compile: bf only by default
+    assert all(r["speedup_vs_composition"] == 1.0 for r in result["rows"]
+               if r["setting"] == "composition fp32")
+    assert json.loads(out.read_text())["batch"] == 2 and all(r["batch"] == 2 for r in result["rows"])
+
+
+def test_gpu_check_plumbing_on_cpu(tmp_path):
+    """The three parts and the table, tiny and on CPU (the CUDA tests report 'skipped')."""
+    import gpu_check
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--device", "cpu", "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    tests, speed, engine = result["parts"]
+    assert tests["ok"] and "skipped" in tests["summary"]
+    assert {r["variant"] for r in speed["rows"]} == {"bf", "bn", "none"}
+    assert sorted(int(r["step"]) for r in engine["rows"]) == [1, 1, 2, 2]
+    assert "| engine | bf step 2" in result["table"] and "| speed | none package fp32" in result["table"]
+
+
+def test_gpu_check_without_cuda_says_what_to_do(capsys):
+    import gpu_check
+    if gpu_throughput.torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real check would run")
+    assert gpu_check.main([]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
