@@ -319,3 +319,16 @@ def test_explore_builds_no_slider_without_a_front_end(monkeypatch):
     assert not P.widget_frontend()   # forced on, but no IPython kernel runs under pytest
     with pytest.raises(ValueError):
         P.explore(lambda: None)
+
+
+def test_explore_builds_sliders_that_call_draw_with_their_start_values(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    monkeypatch.setattr(P, "widget_frontend", lambda: True)
+    calls = []
+
+    def draw(tau, setting):
+        calls.append((tau, setting))
+        return plt.figure()
+
+    assert P.explore(draw, tau=(0.0, 1.0, 0.01, 0.6), setting=["SGD lr 0.5", "Adam lr 0.0005"]) is True
+    assert calls == [(0.6, "SGD lr 0.5")]
