@@ -697,19 +697,20 @@ def widget_frontend() -> bool:
     return forced == "1" or any(os.environ.get(k) for k in ("JPY_SESSION_NAME", "VSCODE_PID", "COLAB_RELEASE_TAG"))
 
 
-def explore(draw, **sliders) -> bool:
+def explore(draw, **sliders) -> None:
     """Redraw ``draw(**values)`` under one slider per keyword, where :func:`widget_frontend` allows.
 
     Each keyword is ``(min, max, step, start)`` for a float slider or a
     sequence of options for a selection slider (its first entry is the start).
-    ``draw`` returns a figure. Returns True when the sliders were built; the
-    caller draws the static small-multiples figure in any case, so the
-    executed notebook (and a reader on a code-hosting page) sees the same lesson.
+    ``draw`` returns a figure. Nothing is built (and nothing drawn) without a
+    front end; the caller draws the static small-multiples figure in any case,
+    so the executed notebook (and a reader on a code-hosting page) sees the
+    same lesson.
     """
     if not sliders:
         raise ValueError("explore needs at least one slider: name=(min, max, step, start) or name=[options]")
     if not widget_frontend():
-        return False
+        return
     import ipywidgets as widgets
 
     controls = {}
@@ -726,7 +727,6 @@ def explore(draw, **sliders) -> bool:
         plt.show()
 
     widgets.interact(show, **controls)
-    return True
 
 
 def plot_sign_thresholds(images: Mapping[str, np.ndarray], thresholds: Sequence[float],
