@@ -14,7 +14,10 @@ directory's CSV files), never a model, and returns a ``matplotlib`` figure:
 * :func:`plot_weight_histograms` – latent-weight histograms, one panel per layer;
 * :func:`plot_block_diagram` – the wiring of a BN-free ReActNet-A block (no data);
 * :func:`plot_deployment_summary` – packed size, real-valued ops per block and
-  inference speed (notebook 08's tables).
+  inference speed (notebook 08's tables);
+* :func:`plot_sign_thresholds` – ``sign(x − τ)`` of photos for several thresholds;
+* :func:`explore` – the same lesson under ipywidgets sliders, where a front end
+  can show them (the notebooks always draw a static grid as well).
 
 :func:`savefig` writes a PNG into the repository's ``Figs/`` with a fixed size
 and dpi and no metadata, so a regenerated figure only changes when its data do.
@@ -667,3 +670,94 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.suptitle(title or "Deployment: what packing buys in size, real-valued work and speed")
     return fig
+
+
+# --------------------------------------------------------------------------
+# exploring a parameter: a static grid always, a slider where a front end can show it
+# --------------------------------------------------------------------------
+def widget_frontend() -> bool:
+    """True when ipywidgets imports and the kernel was started by a front end that renders widgets.
+
+    JupyterLab / Jupyter Server set ``JPY_SESSION_NAME`` for the kernels they
+    start, VS Code ``VSCODE_PID``, Colab ``COLAB_RELEASE_TAG``; papermill, nbclient
+    and ``make tutorial`` set none of them, so an executed notebook gets the
+    static figure only. ``BNN_WIDGETS=0`` / ``1`` overrides the guess.
+    """
+    forced = os.environ.get("BNN_WIDGETS")
+    if forced == "0":
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return False
+    return forced == "1" or any(os.environ.get(k) for k in ("JPY_SESSION_NAME", "VSCODE_PID", "COLAB_RELEASE_TAG"))
+
+
+def explore(draw, **sliders) -> None:
+    """Redraw ``draw(**values)`` under one slider per keyword, where :func:`widget_frontend` allows.
+
+    Each keyword is ``(min, max, step, start)`` for a float slider or a
+    sequence of options for a selection slider (its first entry is the start).
+    ``draw`` returns a figure. Nothing is built (and nothing drawn) without a
+    front end; the caller draws the static small-multiples figure in any case,
+    so the executed notebook (and a reader on a code-hosting page) sees the
+    same lesson.
+    """
+    if not sliders:
+        raise ValueError("explore needs at least one slider: name=(min, max, step, start) or name=[options]")
+    if not widget_frontend():
+        return
+    import ipywidgets as widgets
+
+    controls = {}
+    for name, spec in sliders.items():
+        if isinstance(spec, tuple) and len(spec) == 4 and all(isinstance(v, (int, float)) for v in spec):
+            lo, hi, step, start = spec
+            controls[name] = widgets.FloatSlider(value=start, min=lo, max=hi, step=step, description=name,
+                                                 continuous_update=False)
+        else:
+            controls[name] = widgets.SelectionSlider(options=list(spec), description=name, continuous_update=False)
+
+    def show(**values):
+        draw(**values)
+        plt.show()
+
+    widgets.interact(show, **controls)
+
+
+def plot_sign_thresholds(images: Mapping[str, np.ndarray], thresholds: Sequence[float],
+                         originals: Mapping[str, np.ndarray] | None = None, title: str | None = None):
+    """``sign(x − τ)`` of grey images for several thresholds τ: one row per image, one column per τ.
+
+    ``images``: ``{name: (H, W) intensities}``. Each panel is titled with τ and
+    its share of +1 pixels (white = +1, black = −1, grey = 0). ``originals``
+    (``{name: RGB array}``) adds the photo itself as a first column.
+    """
+    if not images or not len(thresholds):
+        raise ValueError("plot_sign_thresholds needs at least one image and one threshold")
+    ncols = len(thresholds) + (1 if originals else 0)
+    height, width = next(iter(images.values())).shape[:2]
+    panel_w = 2.9
+    fig, axes = plt.subplots(len(images), ncols, squeeze=False, layout="constrained",
+                             figsize=(panel_w * ncols, panel_w * height / width * len(images) + 0.9))
+    for row, (name, gray) in zip(axes, images.items()):
+        panels = list(row)
+        if originals:
+            panels.pop(0).imshow(originals[name])
+            row[0].set_title(f"{name}: photo")
+        for ax, tau in zip(panels, thresholds):
+            signs = np.sign(gray - tau)
+            ax.imshow(signs, cmap="gray", vmin=-1, vmax=1)
+            ax.set_title(f"{name}: τ = {tau:.2f}, {float((signs > 0).mean()):.0%} +1")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "sign(x − τ): the threshold τ decides what one bit per pixel keeps (white = +1)")
+    return fig
+
+
+__all__ += ["widget_frontend", "explore", "plot_sign_thresholds"]

@@ -23,7 +23,7 @@ import yaml
 
 from .paths import repo_root
 
-__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "collect_run"]
+__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "final_epoch", "collect_run"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -69,6 +69,24 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     ordered = summary.sort_values(["run", "step", "epoch"])
     grouped = ordered.groupby([*by, "step"])["val_top1"]
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
+
+
+def final_epoch(run_dir: str | Path) -> dict:
+    """A run's last epoch in one row: epochs done, final train loss and val top-1, mean AGC clipped share.
+
+    A run that stopped before its first epoch ended (no ``summary.csv`` or no
+    rows: it diverged at once) gives 0 epochs and NaN for the rest; the clipped
+    share is NaN for a run without AGC.
+    """
+    path = Path(run_dir) / "summary.csv"
+    summary = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if not len(summary):
+        return {"epochs done": 0, "final train loss": float("nan"), "final val top-1 %": float("nan"),
+                "mean clipped share": float("nan")}
+    last = summary.iloc[-1]
+    share = summary["agc_clip_share"].mean() if "agc_clip_share" in summary else float("nan")
+    return {"epochs done": len(summary), "final train loss": float(last.get("train_loss", float("nan"))),
+            "final val top-1 %": float(last.get("val_top1", float("nan"))), "mean clipped share": float(share)}
 
 
 def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep",

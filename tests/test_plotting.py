@@ -296,3 +296,40 @@ def test_display_path_hides_this_machine(tmp_path, monkeypatch):
     import tempfile
     assert display_path(Path(tempfile.gettempdir()) / "x" / "y.txt") == "<tmp>/x/y.txt"
     assert display_path("/somewhere/else/file.txt") == "file.txt"
+
+
+def test_plot_sign_thresholds_titles_each_panel_with_its_share_of_plus_one():
+    gray = np.linspace(0, 1, 100).reshape(10, 10)
+    fig = P.plot_sign_thresholds({"ramp": gray}, [0.0, 0.5, 0.9], originals={"ramp": np.stack([gray] * 3, -1)})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "ramp: photo" and len(titles) == 4
+    assert titles[1].endswith("99% +1") and titles[2].endswith("50% +1") and titles[3].endswith("10% +1")
+    assert "τ = 0.50" in titles[2]
+    with pytest.raises(ValueError):
+        P.plot_sign_thresholds({}, [0.5])
+
+
+def test_explore_builds_no_slider_without_a_front_end(monkeypatch):
+    drawn = []
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    monkeypatch.setenv("BNN_WIDGETS", "0")
+    assert not P.widget_frontend()
+    P.explore(lambda tau: drawn.append(tau), tau=(0.0, 1.0, 0.1, 0.5))
+    assert drawn == []
+    monkeypatch.setenv("BNN_WIDGETS", "1")
+    assert not P.widget_frontend()   # forced on, but no IPython kernel runs under pytest
+    with pytest.raises(ValueError):
+        P.explore(lambda: None)
+
+
+def test_explore_builds_sliders_that_call_draw_with_their_start_values(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    monkeypatch.setattr(P, "widget_frontend", lambda: True)
+    calls = []
+
+    def draw(tau, setting):
+        calls.append((tau, setting))
+        return plt.figure()
+
+    P.explore(draw, tau=(0.0, 1.0, 0.01, 0.6), setting=["SGD lr 0.5", "Adam lr 0.0005"])
+    assert calls == [(0.6, "SGD lr 0.5")]

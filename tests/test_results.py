@@ -72,3 +72,17 @@ def test_shipped_digits_20ep_runs_are_complete():
     assert all(epochs == list(range(1, 21)) for epochs in per_run) and len(per_run) == 18
     stats = R.load_reference_runs("digits_20ep", "stats")
     assert set(zip(stats["mode"], stats["seed"])) == set(zip(curves["mode"], curves["seed"]))
+
+
+def test_final_epoch_reads_the_last_row_and_handles_a_run_that_never_finished_an_epoch(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.5], "val_top1": [40.0, 55.0],
+                  "agc_clip_share": [0.2, 0.4]}).to_csv(run / "summary.csv", index=False)
+    row = R.final_epoch(run)
+    assert row["epochs done"] == 2 and row["final train loss"] == 1.5 and row["final val top-1 %"] == 55.0
+    assert row["mean clipped share"] == pytest.approx(0.3)
+    empty = R.final_epoch(tmp_path / "diverged")            # no summary.csv at all
+    assert empty["epochs done"] == 0 and pd.isna(empty["final val top-1 %"]) and pd.isna(empty["mean clipped share"])
+    pd.DataFrame({"epoch": [1], "train_loss": [2.0], "val_top1": [40.0]}).to_csv(run / "summary.csv", index=False)
+    assert pd.isna(R.final_epoch(run)["mean clipped share"])  # no AGC column
