@@ -115,15 +115,17 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
     Panels: squared mean, variance and (``branch=True``) first-branch variance,
     all on a log scale, x = stem, block 1, ..., (head). Values below 1e-6 are
-    drawn at 1e-6 and zeros are left out. ``linestyles`` maps a label to a
-    matplotlib linestyle (e.g. dashed for trained networks).
+    drawn at 1e-6 (a panel where that happens marks the floor with a dotted
+    line and says so) and zeros are left out. ``linestyles`` maps a label to a
+    matplotlib linestyle (e.g. dashed for trained networks). The legend sits
+    right of the last panel, clear of the lines.
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
     panels = _SP_PANELS if branch else _SP_PANELS[:2]
     fig, axes = _figure(len(panels))
     colors = _colors(len(tables_by_label))
-    ticks = None
+    ticks, clipped = None, set()
     for (label, table), color in zip(tables_by_label.items(), colors):
         missing = {"position", "name"} | {c for c, *_ in panels}
         missing -= set(table.columns)
@@ -134,6 +136,8 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
         style = (linestyles or {}).get(label, "-")
         for ax, (column, *_) in zip(axes, panels):
             values = rows[column].to_numpy(dtype=float)
+            if ((values > 0) & (values < _LOG_FLOOR)).any():
+                clipped.add(column)
             # log axes cannot show 0 (e.g. the constant branches of the no-BN network).
             values = np.where(values > 0, np.maximum(values, _LOG_FLOOR), np.nan)
             ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
@@ -142,13 +146,17 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             ticks = (rows["position"].to_list(),
                      ["stem" if n == "stem" else "head" if n == "head" else n.replace("block", "")
                       for n in rows["name"]])
-    for ax, (_, name, ylabel) in zip(axes, panels):
+    for ax, (column, name, ylabel) in zip(axes, panels):
         ax.set_yscale("log")
+        if column in clipped:
+            ax.axhline(_LOG_FLOOR, color="0.5", linestyle=":", linewidth=1, zorder=0)
+            ax.text(0.99, _LOG_FLOOR, "plotting floor 10⁻⁶: smaller values drawn here",
+                    transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7, color="0.3")
         ax.set_xticks(ticks[0], ticks[1])
         ax.set_xlabel("position (stem, block index" + (", head)" if include_head else ")"))
         ax.set_ylabel(ylabel)
         ax.set_title(name)
-    axes[0].legend(title="variant")
+    axes[-1].legend(title="variant", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Signal propagation")
     return fig
 
@@ -290,6 +298,43 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title or "Training curves")
+    return fig
+
+
+def plot_seed_bands(panels: Mapping[str, pd.DataFrame], modes=("bn", "none", "bf"), metric: str = "val_top1",
+                    ylabel: str = "validation top-1 (%)", chance: float | None = None, title: str | None = None):
+    """Mean over seeds (line) and min–max over seeds (band) per mode, one panel per table.
+
+    ``panels``: ``{panel title: table}`` with columns ``mode``, ``seed``,
+    ``step``, ``epoch`` and ``metric`` (``results.read_runs`` or
+    ``results.load_reference_runs``). Step 2's epochs continue after step 1's,
+    behind a dashed line; ``chance`` draws a grey horizontal line. Panels share
+    the y axis.
+    """
+    if not panels:
+        raise ValueError("plot_seed_bands needs at least one panel: {title: table}")
+    fig, axes = _figure(len(panels))
+    for ax in axes[1:]:
+        ax.sharey(axes[0])
+    for ax, (name, table) in zip(axes, panels.items()):
+        missing = {"mode", "seed", "step", "epoch", metric} - set(table.columns)
+        if missing:
+            raise ValueError(f"panel {name!r} lacks columns {sorted(missing)}")
+        per_step = table[table["step"] == table["step"].min()]["epoch"].max()
+        x = table["epoch"] + (table["step"] - table["step"].min()) * per_step
+        for mode, color in zip(modes, _colors(len(modes))):
+            curve = table[table["mode"] == mode].assign(x=x).groupby("x")[metric]
+            ax.plot(curve.mean().index, curve.mean(), color=color, marker="o", markersize=3,
+                    label=f"{mode} (mean of {table[table['mode'] == mode]['seed'].nunique()} seeds)")
+            ax.fill_between(curve.min().index, curve.min(), curve.max(), color=color, alpha=0.2)
+        if chance is not None:
+            ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
+        boundaries = [per_step + 0.5] if table["step"].nunique() > 1 else []
+        _finish_axis(ax, boundaries, "epoch (step 2 after the dashed line); band: min–max over seeds",
+                     ylabel, name)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -511,7 +556,7 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
     return fig
 
 
-__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison"]
+__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 
 # --------------------------------------------------------------------------

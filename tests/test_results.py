@@ -72,3 +72,25 @@ def test_shipped_digits_20ep_runs_are_complete():
     assert all(epochs == list(range(1, 21)) for epochs in per_run) and len(per_run) == 18
     stats = R.load_reference_runs("digits_20ep", "stats")
     assert set(zip(stats["mode"], stats["seed"])) == set(zip(curves["mode"], curves["seed"]))
+
+
+def test_read_runs_concatenates_live_runs_with_their_keys(tmp_path):
+    from bnn_helpers.results import read_runs
+
+    runs = {}
+    for mode, seed in (("bn", 0), ("bf", 1)):
+        folder = tmp_path / f"{mode}{seed}"
+        folder.mkdir()
+        pd.DataFrame({"step": [1, 1, 2, 2], "epoch": [1, 2, 1, 2], "val_top1": [1.0, 2.0, 3.0, 4.0],
+                      "elapsed_s": [2.0, 5.0, 1.0, 4.5]}).to_csv(folder / "summary.csv", index=False)
+        pd.DataFrame({"step": [1], "flip_ratio": [0.1]}).to_csv(folder / "stats.csv", index=False)
+        runs[mode, seed] = folder
+    table = read_runs(runs)
+    assert len(table) == 8 and set(zip(table["mode"], table["seed"])) == {("bn", 0), ("bf", 1)}
+    assert table["epoch_s"].tolist()[:4] == [2.0, 3.0, 1.0, 3.5]      # per step, from its own start
+    stats = read_runs({"bn": runs["bn", 0]}, keys=("mode",), table="stats")
+    assert stats["mode"].tolist() == ["bn"] and "epoch_s" not in stats
+    with pytest.raises(FileNotFoundError, match="summary.csv"):
+        read_runs({"x": tmp_path / "missing"})
+    with pytest.raises(ValueError, match="table"):
+        read_runs(runs, table="weights")
