@@ -257,7 +257,7 @@ def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list
 
 
 def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None):
-    """Top-1 and loss per epoch (train dotted, validation solid) for one or more runs.
+    """Top-1 and loss per epoch (train dotted with × markers, on top; validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
     ``{label: path}``; each holds ``summary.csv``. Epochs are counted across
@@ -280,14 +280,15 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
         for ax, metric in ((ax_acc, "top1"), (ax_loss, "loss")):
             ax.plot(table["x"], table[f"val_{metric}"], color=color, linestyle="-",
                     marker="o", markersize=3, label=f"{label} val")
-            ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":",
-                    label=f"{label} train")
+            # drawn on top, with its own marker: visible where it runs along the val line
+            ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":", marker="x",
+                    markersize=6, markeredgewidth=1.5, zorder=3, label=f"{label} train")
     if chance is not None:
         # Guessing uniformly: top-1 = chance, cross-entropy = ln(classes) = ln(100 / chance).
-        ax_acc.axhline(chance, color="black", linestyle="-.", linewidth=1,
+        ax_acc.axhline(chance, color="0.35", linestyle="-.", linewidth=1, zorder=1,
                        label=f"chance ({chance:g} %)")
-        ax_loss.axhline(math.log(100 / chance), color="black", linestyle="-.", linewidth=1,
-                        label=f"uniform guess: val loss ln {100 / chance:g} = {math.log(100 / chance):.3f}")
+        ax_loss.axhline(math.log(100 / chance), color="0.35", linestyle="-.", linewidth=1, zorder=1,
+                        label=f"uniform guess: loss ln {100 / chance:g} = {math.log(100 / chance):.3f}")
     xlabel = "epoch (step 1, then step 2 after the dashed line)" if boundaries else "epoch"
     for ax, ylabel, name in ((ax_acc, "top-1 accuracy (%)", "Top-1 accuracy"),
                              (ax_loss, "loss (nats)", "Loss")):
