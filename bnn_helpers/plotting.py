@@ -326,13 +326,12 @@ def plot_seed_bands(panels: Mapping[str, pd.DataFrame], modes=("bn", "none", "bf
         for mode, color in zip(modes, _colors(len(modes))):
             curve = table[table["mode"] == mode].assign(x=x).groupby("x")[metric]
             ax.plot(curve.mean().index, curve.mean(), color=color, marker="o", markersize=3,
-                    label=f"{mode} (mean of {table[table['mode'] == mode]['seed'].nunique()} seeds)")
+                    label=f"{mode}: mean of {table[table['mode'] == mode]['seed'].nunique()} seeds, band min–max")
             ax.fill_between(curve.min().index, curve.min(), curve.max(), color=color, alpha=0.2)
         if chance is not None:
             ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
         boundaries = [per_step + 0.5] if table["step"].nunique() > 1 else []
-        _finish_axis(ax, boundaries, "epoch (step 2 after the dashed line); band: min–max over seeds",
-                     ylabel, name)
+        _finish_axis(ax, boundaries, "epoch (step 2 after the dashed line)", ylabel, name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
