@@ -56,7 +56,7 @@ from .models.reactnet_18 import ReActNet18
 from .models.reactnet_a import ReActBlockA, ReActNetA
 
 __all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table",
-           "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "OP_KINDS"]
+           "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "OP_KINDS", "size_table"]
 
 BITS_PER_REAL = 32
 _COUNTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -391,3 +391,26 @@ def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFra
     df["real_ops"] = df[list(OP_KINDS)].sum(axis=1)
     df.insert(0, "norm", model.norm_mode)
     return df
+
+
+def size_table(nets: dict, packs: dict, resolution: int, label: str) -> pd.DataFrame:
+    """Float32 vs packed size of each network in ``nets`` (``{mode: model}``, packed in ``packs``).
+
+    One row per mode: parameters, float32 MB, packed MB, the usual accounting
+    (1 bit per binary and 32 per real parameter, counted at ``resolution``),
+    the packed file's parts (``deploy.packed_size_breakdown``) and the ratio
+    ``float32 / packed``; column ``model`` holds ``label``.
+    """
+    from . import deploy
+
+    rows = []
+    for mode, net in nets.items():
+        counted = total_complexity(net, resolution)
+        rows.append({"model": label, "norm": mode, "parameters": counted["params"],
+                     "float32 MB": deploy.float_size_bytes(net) / 1e6,
+                     "packed MB": deploy.packed_size_bytes(packs[mode]) / 1e6,
+                     "1 bit/binary + 32 bit/real MB": counted["size_bits"] / 8e6,
+                     **{k + " MB": v / 1e6 for k, v in deploy.packed_size_breakdown(packs[mode]).items()}})
+    table = pd.DataFrame(rows)
+    table["float32 / packed"] = table["float32 MB"] / table["packed MB"]
+    return table

@@ -19,7 +19,7 @@ import yaml
 
 __all__ = ["TrainError", "CorruptCheckpointError", "RefusedCheckpointError", "DEFAULTS",
            "load_config", "resolve_config", "parse_cli_overrides", "run_dir_of", "describe_keys",
-           "checkpoint_load_error", "checkpoint_damage", "is_float_model", "steps_of"]
+           "checkpoint_load_error", "checkpoint_damage", "is_float_model", "steps_of", "PUBLISHED_RECIPE", "recipe_rows"]
 
 
 class TrainError(Exception):
@@ -302,3 +302,35 @@ def run_dir_of(cfg: dict) -> Path:
     from .paths import runs_dir  # BNN_RUNS_DIR or <repo>/runs
 
     return runs_dir() / cfg["name"]
+
+
+#: The published two-step ImageNet recipe (the paper plus its released code, docs/reference.md §5):
+#: (setting, published value, config key, the value the ImageNet config must hold).
+PUBLISHED_RECIPE = [
+    ("steps", "both (step 1, then step 2 from step 1's best)", "step", "both"),
+    ("epochs per step", 256, "epochs", 256),
+    ("global batch", 256, "batch_size", 256),
+    ("optimizer", "Adam", "optimizer", "adam"),
+    ("learning rate", 5e-4, "lr", 5e-4),
+    ("lr schedule", "lr·(1 − e/E), before each epoch", "lr_schedule", "published"),
+    ("weight decay, step 1 (4-D params)", 1e-5, "weight_decay_step1", 1e-5),
+    ("weight decay, step 2", 0.0, "weight_decay_step2", 0.0),
+    ("loss", "KD: CE(teacher softmax, student log-softmax)", "loss", "kd"),
+    ("teacher", "dm_nfnet_f0 (timm, ImageNet-pretrained)", "teacher", "dm_nfnet_f0"),
+    ("AGC clip factor λ (not the classifier)", 0.02, "agc_clip_factor", 0.02),
+    ("AGC eps", 1e-3, "agc_eps", 1e-3),
+    ("train crop (RandomResizedCrop)", 224, "image_size", 224),
+    ("crop scale min", 0.08, "crop_scale_min", 0.08),
+    # The published code adds lighting noise to the uint8 image and truncates it back, which
+    # removes almost all of it; its numbers were obtained without lighting (reference §5).
+    ("PCA lighting std", "0.1 written, ≈ 0 in effect", "lighting_std", 0.0),
+    ("eval resize → centre crop 224", 256, "val_resize", 256),
+    ("α, residual growth rate (bf)", 0.2, "alpha", 0.2),
+    ("β_l, expected input std per block (bf)", "published schedule", "beta_schedule", "published"),
+]
+
+
+def recipe_rows(cfg: dict) -> list[dict]:
+    """:data:`PUBLISHED_RECIPE` beside a resolved config: setting, published, config key/value, matches."""
+    return [{"setting": what, "published": value, "config key": key, "config value": cfg.get(key),
+             "matches": cfg.get(key) == expected} for what, value, key, expected in PUBLISHED_RECIPE]

@@ -85,6 +85,8 @@ __all__ = [
     "ste_window_shares",
     "binary_conv_io",
     "compare_packed",
+    "signal_at_init_and_trained",
+    "logits_in_batches",
 ]
 
 
@@ -255,9 +257,55 @@ def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
     return channel_statistics(logits)[1]
 
 
+def signal_at_init_and_trained(run_dirs: Mapping[str, object], x: torch.Tensor, num_classes: int,
+                               step: int = 2, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """:func:`signal_propagation` of each run's network at initialisation and trained.
+
+    ``run_dirs``: ``{name: run directory}`` of finished engine runs. For each,
+    the step-``step`` network is built from the run's ``config.yaml`` with
+    ``torch.manual_seed(seed)`` (initialisation) and loaded from its best
+    checkpoint (trained); both are measured in train mode on ``x``. Returns
+    ``{"<name> · init": table, "<name> · trained": table, ...}``.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from .checkpoints import build_model, load_trained
+
+    tables = {}
+    for name, run_dir in run_dirs.items():
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        torch.manual_seed(seed)
+        fresh = build_model(cfg, binary_weights=step == 2, num_classes=num_classes)
+        tables[f"{name} · init"] = signal_propagation(fresh.train(), x)
+        tables[f"{name} · trained"] = signal_propagation(load_trained(run_dir, step=step).train(), x)
+    return tables
+
+
 # --------------------------------------------------------------------------
 # accuracy
 # --------------------------------------------------------------------------
+@torch.no_grad()
+def logits_in_batches(model: nn.Module, x: torch.Tensor, batch_size: int = 64,
+                      train_mode: bool = False) -> torch.Tensor:
+    """The logits of ``x``, computed in batches of ``batch_size``, concatenated.
+
+    ``train_mode=True`` runs BatchNorm on each batch's own statistics. The
+    model's modes and running statistics are restored afterwards.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    modes = [(m, m.training) for m in model.modules()]
+    with buffers_restored(model):
+        model.train(train_mode)
+        try:
+            return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        finally:
+            for module, training in modes:
+                module.training = training
+
+
 @torch.no_grad()
 def top1_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64,
                   train_mode: bool = False) -> float:

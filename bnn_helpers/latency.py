@@ -15,7 +15,7 @@ from . import bitconv_native as native
 from .deploy import PackedBinaryConv2d, PackedBlockA, PackedSign, PackedWeightConv2d, pack
 from .hooks import eval_mode, removing_hooks
 
-__all__ = ["latency_table"]
+__all__ = ["latency_table", "timing_table", "latency_summary", "profile_shares"]
 
 
 def _median_ms(samples):
@@ -132,3 +132,38 @@ def latency_table(model, images: torch.Tensor, packed=None, word_bits: int = 64,
         finally:
             torch.set_num_threads(saved_threads)
     return rows
+
+
+def timing_table(cases: dict, reps: int = 5, **kwargs):
+    """:func:`latency_table` of several networks as one ``pandas.DataFrame`` (column ``network``).
+
+    ``cases``: ``{network label: (model, images, packed)}``; ``kwargs`` go to
+    :func:`latency_table`.
+    """
+    import pandas as pd
+
+    return pd.DataFrame([{"network": label, **row} for label, (model, images, packed) in cases.items()
+                         for row in latency_table(model, images, packed=packed, reps=reps, **kwargs)])
+
+
+def latency_summary(timing):
+    """CPU ms per image of each network (rows) and path (float, reference, native), with the
+    ``reference / float`` and (when the native kernel ran) ``native / float`` ratios."""
+    totals = timing[timing["part"] == "total"]
+    latency = totals.pivot(index="network", columns="path", values="ms_per_image")
+    latency = latency[[p for p in ("float", "reference", "native") if p in latency]]
+    latency.columns.name = "CPU ms per image"
+    for path in ("reference", "native"):
+        if path in latency:
+            latency[f"{path} / float"] = latency[path] / latency["float"]
+    return latency
+
+
+def profile_shares(timing):
+    """Share (%) of each profiled part in one profiled forward: rows (network, path), columns part."""
+    profiled = timing[timing["part"].str.startswith("profiled") & (timing["part"] != "profiled total")].copy()
+    profiled["part"] = profiled["part"].str.removeprefix("profiled ")
+    total_ms = timing[timing["part"] == "profiled total"].set_index(["network", "path"])["ms"]
+    keys = list(zip(profiled["network"], profiled["path"]))
+    profiled["share %"] = 100 * profiled["ms"].to_numpy() / total_ms.loc[keys].to_numpy()
+    return profiled.pivot_table(index=["network", "path"], columns="part", values="share %", sort=False)

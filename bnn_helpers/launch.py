@@ -25,7 +25,7 @@ import yaml
 
 from .config import TrainError, load_config, run_dir_of
 
-__all__ = ["launch", "build_command"]
+__all__ = ["launch", "build_command", "sbatch_script"]
 
 
 def _config_file(config) -> str:
@@ -113,3 +113,28 @@ def launch(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 
         raise TrainError(errors[-1][len("error: "):] if errors else
                          f"training exited with status {proc.returncode}; see the output above")
     return run_dir_of(cfg)
+
+
+def sbatch_script(srun_line: str, nodes: int = 4, gpus_per_node: int = 8, cpus_per_task: int = 96,
+                  hours: int = 48, job_name: str = "bnn-bn-free-reactnet-a") -> str:
+    """A complete sbatch script around ``srun_line`` (from ``launch(..., slurm=True, dry_run=True)``).
+
+    One task per node (torchrun starts the per-GPU processes), ``cpus_per_task``
+    for the data-loading workers of all GPUs plus the trainers, and SIGTERM
+    five minutes before the time limit, so the engine saves ``last.pth`` and a
+    later submission of the ``--resume true`` line continues. Adapt the
+    partition, time and paths to your cluster.
+    """
+    if nodes < 1 or gpus_per_node < 1 or hours < 1:
+        raise ValueError(f"nodes, gpus_per_node and hours must be >= 1, got {nodes}, {gpus_per_node}, {hours}")
+    return "\n".join([
+        "#!/bin/bash",
+        f"#SBATCH --job-name={job_name}",
+        f"#SBATCH --nodes={nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={gpus_per_node}",
+        f"#SBATCH --cpus-per-task={cpus_per_task}          # data-loading workers of every GPU plus the trainers",
+        f"#SBATCH --time={hours}:00:00",
+        "#SBATCH --signal=TERM@300           # SIGTERM 5 min before the limit: the engine saves last.pth",
+        'cd "$SLURM_SUBMIT_DIR"              # the repository root',
+        srun_line, ""])

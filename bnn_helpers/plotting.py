@@ -118,15 +118,17 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
     Panels: squared mean, variance and (``branch=True``) first-branch variance,
     all on a log scale, x = stem, block 1, ..., (head). Values below 1e-6 are
-    drawn at 1e-6 and zeros are left out. ``linestyles`` maps a label to a
-    matplotlib linestyle (e.g. dashed for trained networks).
+    drawn at 1e-6 (a panel where that happens marks the floor with a dotted
+    line and says so) and zeros are left out. ``linestyles`` maps a label to a
+    matplotlib linestyle (e.g. dashed for trained networks). The legend sits
+    right of the last panel, clear of the lines.
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
     panels = _SP_PANELS if branch else _SP_PANELS[:2]
     fig, axes = _figure(len(panels))
     colors = _colors(len(tables_by_label))
-    ticks = None
+    ticks, clipped = None, set()
     for (label, table), color in zip(tables_by_label.items(), colors):
         missing = {"position", "name"} | {c for c, *_ in panels}
         missing -= set(table.columns)
@@ -137,6 +139,8 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
         style = (linestyles or {}).get(label, "-")
         for ax, (column, *_) in zip(axes, panels):
             values = rows[column].to_numpy(dtype=float)
+            if ((values > 0) & (values < _LOG_FLOOR)).any():
+                clipped.add(column)
             # log axes cannot show 0 (e.g. the constant branches of the no-BN network).
             values = np.where(values > 0, np.maximum(values, _LOG_FLOOR), np.nan)
             ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
@@ -145,13 +149,17 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             ticks = (rows["position"].to_list(),
                      ["stem" if n == "stem" else "head" if n == "head" else n.replace("block", "")
                       for n in rows["name"]])
-    for ax, (_, name, ylabel) in zip(axes, panels):
+    for ax, (column, name, ylabel) in zip(axes, panels):
         ax.set_yscale("log")
+        if column in clipped:
+            ax.axhline(_LOG_FLOOR, color="0.5", linestyle=":", linewidth=1, zorder=0)
+            ax.text(0.99, _LOG_FLOOR, "plotting floor 10⁻⁶: smaller values drawn here",
+                    transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7, color="0.3")
         ax.set_xticks(ticks[0], ticks[1])
         ax.set_xlabel("position (stem, block index" + (", head)" if include_head else ")"))
         ax.set_ylabel(ylabel)
         ax.set_title(name)
-    axes[0].legend(title="variant")
+    axes[-1].legend(title="variant", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Signal propagation")
     return fig
 
@@ -252,7 +260,7 @@ def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list
 
 
 def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None):
-    """Top-1 and loss per epoch (train dotted, validation solid) for one or more runs.
+    """Top-1 and loss per epoch (train dotted with × markers, on top; validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
     ``{label: path}``; each holds ``summary.csv``. Epochs are counted across
@@ -275,14 +283,15 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
         for ax, metric in ((ax_acc, "top1"), (ax_loss, "loss")):
             ax.plot(table["x"], table[f"val_{metric}"], color=color, linestyle="-",
                     marker="o", markersize=3, label=f"{label} val")
-            ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":",
-                    label=f"{label} train")
+            # drawn on top, with its own marker: visible where it runs along the val line
+            ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":", marker="x",
+                    markersize=6, markeredgewidth=1.5, zorder=3, label=f"{label} train")
     if chance is not None:
         # Guessing uniformly: top-1 = chance, cross-entropy = ln(classes) = ln(100 / chance).
-        ax_acc.axhline(chance, color="black", linestyle="-.", linewidth=1,
+        ax_acc.axhline(chance, color="0.35", linestyle="-.", linewidth=1, zorder=1,
                        label=f"chance ({chance:g} %)")
-        ax_loss.axhline(math.log(100 / chance), color="black", linestyle="-.", linewidth=1,
-                        label=f"uniform guess: val loss ln {100 / chance:g} = {math.log(100 / chance):.3f}")
+        ax_loss.axhline(math.log(100 / chance), color="0.35", linestyle="-.", linewidth=1, zorder=1,
+                        label=f"uniform guess: loss ln {100 / chance:g} = {math.log(100 / chance):.3f}")
     xlabel = "epoch (step 1, then step 2 after the dashed line)" if boundaries else "epoch"
     for ax, ylabel, name in ((ax_acc, "top-1 accuracy (%)", "Top-1 accuracy"),
                              (ax_loss, "loss (nats)", "Loss")):
@@ -293,6 +302,42 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(title or "Training curves")
+    return fig
+
+
+def plot_seed_bands(panels: Mapping[str, pd.DataFrame], modes=("bn", "none", "bf"), metric: str = "val_top1",
+                    ylabel: str = "validation top-1 (%)", chance: float | None = None, title: str | None = None):
+    """Mean over seeds (line) and min–max over seeds (band) per mode, one panel per table.
+
+    ``panels``: ``{panel title: table}`` with columns ``mode``, ``seed``,
+    ``step``, ``epoch`` and ``metric`` (``results.read_runs`` or
+    ``results.load_reference_runs``). Step 2's epochs continue after step 1's,
+    behind a dashed line; ``chance`` draws a grey horizontal line. Panels share
+    the y axis.
+    """
+    if not panels:
+        raise ValueError("plot_seed_bands needs at least one panel: {title: table}")
+    fig, axes = _figure(len(panels))
+    for ax in axes[1:]:
+        ax.sharey(axes[0])
+    for ax, (name, table) in zip(axes, panels.items()):
+        missing = {"mode", "seed", "step", "epoch", metric} - set(table.columns)
+        if missing:
+            raise ValueError(f"panel {name!r} lacks columns {sorted(missing)}")
+        per_step = table[table["step"] == table["step"].min()]["epoch"].max()
+        x = table["epoch"] + (table["step"] - table["step"].min()) * per_step
+        for mode, color in zip(modes, _colors(len(modes))):
+            curve = table[table["mode"] == mode].assign(x=x).groupby("x")[metric]
+            ax.plot(curve.mean().index, curve.mean(), color=color, marker="o", markersize=3,
+                    label=f"{mode}: mean of {table[table['mode'] == mode]['seed'].nunique()} seeds, band min–max")
+            ax.fill_between(curve.min().index, curve.min(), curve.max(), color=color, alpha=0.2)
+        if chance is not None:
+            ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
+        boundaries = [per_step + 0.5] if table["step"].nunique() > 1 else []
+        _finish_axis(ax, boundaries, "epoch (step 2 after the dashed line)", ylabel, name)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -514,7 +559,7 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
     return fig
 
 
-__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison"]
+__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 
 # --------------------------------------------------------------------------

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 import yaml
 
 from .paths import repo_root
 
-__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "final_epoch", "collect_run"]
+__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "final_epoch", "collect_run",
+           "read_runs"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -59,6 +61,34 @@ def load_reference_runs(name: str = "digits_20ep", table: str = "summary",
         frame.insert(0, "run", run.name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def read_runs(run_dirs: Mapping, keys=("mode", "seed"), table: str = "summary") -> pd.DataFrame:
+    """The ``table``.csv of several run directories as one DataFrame.
+
+    ``run_dirs``: ``{key: run directory}``; a tuple key is spread over the
+    columns named by ``keys`` (a plain key fills ``keys[0]``). A summary with
+    ``elapsed_s`` (seconds since its step began) gains ``epoch_s``, the
+    seconds each epoch took.
+    """
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
+    if not run_dirs:
+        raise ValueError("read_runs needs at least one run: {key: run directory}")
+    frames = []
+    for key, run in run_dirs.items():
+        values = key if isinstance(key, tuple) else (key,)
+        if len(values) > len(keys):
+            raise ValueError(f"key {key!r} has more parts than the column names {keys!r}")
+        path = Path(run) / f"{table}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; is {run} a finished training run?")
+        frames.append(pd.read_csv(path).assign(**dict(zip(keys, values))))
+    runs = pd.concat(frames, ignore_index=True)
+    if table == "summary" and "elapsed_s" in runs.columns:
+        by = [k for k in keys if k in runs.columns] + ["step"]
+        runs["epoch_s"] = runs.groupby(by)["elapsed_s"].diff().fillna(runs["elapsed_s"])
+    return runs
 
 
 def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:

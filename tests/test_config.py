@@ -63,3 +63,13 @@ def test_steps_of_binary_and_real_valued_models():
 def test_run_dir_of(tmp_path):
     assert run_dir_of(load_config(None, {"run_dir": str(tmp_path / "x")})) == tmp_path / "x"
     assert run_dir_of(load_config(None, {"output_dir": str(tmp_path), "name": "n"})) == tmp_path / "n"
+
+
+def test_shipped_imagenet_configs_hold_the_published_recipe(monkeypatch):
+    from bnn_helpers.config import PUBLISHED_RECIPE, recipe_rows
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    rows = recipe_rows(load_config("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/d"}))
+    assert len(rows) == len(PUBLISHED_RECIPE) and all(r["matches"] for r in rows)
+    changed = recipe_rows(load_config("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/d", "lr": 1e-3}))
+    assert [r["config key"] for r in changed if not r["matches"]] == ["lr"]

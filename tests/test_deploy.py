@@ -374,3 +374,37 @@ def test_compare_packed_runs_the_three_checks(model_a, packed_a, images):
     assert per_image["flips"].shape == (len(images),)
     if row["sign flips"] == 0:
         assert row["max rel. logit diff (no flip)"] < 1e-4
+
+
+def test_size_table_one_row_per_mode_with_the_ratio(model_a, packed_a):
+    from bnn_helpers.complexity import size_table
+
+    table = size_table({"m": model_a}, {"m": packed_a}, 32, "tiny")
+    row = table.iloc[0]
+    assert list(table["model"]) == ["tiny"] and row["norm"] == "m"
+    assert row["packed MB"] == pytest.approx(deploy.packed_size_bytes(packed_a) / 1e6)
+    assert row["float32 / packed"] == pytest.approx(row["float32 MB"] / row["packed MB"])
+    assert row["parameters"] == sum(p.numel() for p in model_a.parameters())
+
+
+def test_latency_summary_and_profile_shares_from_rows(monkeypatch):
+    import pandas as pd
+
+    from bnn_helpers import latency as L
+
+    def fake_table(model, images, packed=None, reps=5, **kwargs):
+        return [{"path": "float", "part": "total", "ms": 2.0, "ms_per_image": 1.0, "batch": 2},
+                {"path": "reference", "part": "total", "ms": 6.0, "ms_per_image": 3.0, "batch": 2},
+                {"path": "reference", "part": "profiled popcount conv", "ms": 3.0, "ms_per_image": 1.5, "batch": 2},
+                {"path": "reference", "part": "profiled pack signs", "ms": 1.0, "ms_per_image": 0.5, "batch": 2},
+                {"path": "reference", "part": "profiled total", "ms": 4.0, "ms_per_image": 2.0, "batch": 2}]
+
+    monkeypatch.setattr(L, "latency_table", fake_table)
+    timing = L.timing_table({"net a": (None, None, None), "net b": (None, None, None)})
+    assert isinstance(timing, pd.DataFrame) and set(timing["network"]) == {"net a", "net b"}
+    summary = L.latency_summary(timing)
+    assert list(summary.columns) == ["float", "reference", "reference / float"]   # no native row: no ratio
+    assert summary.loc["net a", "reference / float"] == pytest.approx(3.0)
+    shares = L.profile_shares(timing)
+    assert shares.loc[("net b", "reference"), "popcount conv"] == pytest.approx(75.0)
+    assert shares.loc[("net b", "reference"), "pack signs"] == pytest.approx(25.0)

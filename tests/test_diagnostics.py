@@ -427,3 +427,37 @@ def test_batch_coupling_is_zero_without_batch_statistics_and_large_with_them():
     assert D.batch_coupling(bn.eval(), x[:1], x[1:9], x[9:]) < 1e-5
     for companions_b in (x[9:], None):  # other companions, or alone
         assert D.batch_coupling(bf.train(), x[:1], x[1:9], companions_b) < 1e-5
+
+
+def test_logits_in_batches_restores_the_model_and_matches_one_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).eval()
+    x = torch.randn(12, 4)
+    buffers = [b.clone() for b in model.buffers()]
+    with torch.no_grad():
+        whole = model(x)
+    assert torch.allclose(D.logits_in_batches(model, x, 5), whole, atol=1e-6)      # eval: batch size is irrelevant
+    in_fours = D.logits_in_batches(model, x, 4, train_mode=True)                  # train: each batch's statistics
+    with torch.no_grad():
+        expected = torch.cat([model.train()(x[i:i + 4]) for i in range(0, 12, 4)])
+    model.eval()
+    for b, saved in zip(model.buffers(), buffers):
+        b.copy_(saved)
+    assert torch.allclose(in_fours, expected, atol=1e-6)
+    D.logits_in_batches(model, x, 4, train_mode=True)
+    assert not model.training and all(torch.equal(b, s) for b, s in zip(model.buffers(), buffers))
+    with pytest.raises(ValueError, match="batch_size"):
+        D.logits_in_batches(model, x, 0)
+
+
+def test_signal_at_init_and_trained_reads_a_finished_run(tmp_path, tiny_run):
+    from bnn_helpers.train import run_or_load
+
+    run_dir = run_or_load(None, **dict(tiny_run, dataset="digits", model="reactnet_a_bf", step="both", epochs=1,
+                                       max_train_batches=1, eval_batch_size=360, run_dir=str(tmp_path / "run")))
+    x = torch.randn(8, 3, 32, 32)
+    tables = D.signal_at_init_and_trained({"bf": run_dir}, x, num_classes=10)
+    assert list(tables) == ["bf · init", "bf · trained"]
+    again = D.signal_at_init_and_trained({"bf": run_dir}, x, num_classes=10)
+    pd.testing.assert_frame_equal(tables["bf · init"], again["bf · init"])       # seeded initialisation
+    assert not tables["bf · init"]["avg_var"].equals(tables["bf · trained"]["avg_var"])

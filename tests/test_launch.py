@@ -48,3 +48,16 @@ def test_launch_runs_torchrun_and_returns_the_run_dir(tmp_path, capfd):
     header = (run_dir / "stats.csv").read_text().splitlines()[0].split(",")
     assert {"step", "epoch", "iteration", "flip_ratio", "agc_clip_share"} <= set(header)
     assert "[step 1] epoch 1/1" in capfd.readouterr().out
+
+
+def test_sbatch_script_wraps_the_srun_line_with_the_resume_signal():
+    from bnn_helpers.launch import sbatch_script
+
+    script = sbatch_script("srun --nodes=2 bash -c 'torchrun ...'", nodes=2, gpus_per_node=4, hours=12)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash" and lines[-1] == "srun --nodes=2 bash -c 'torchrun ...'"
+    assert "#SBATCH --nodes=2" in lines and "#SBATCH --gpus-per-node=4" in lines
+    assert any(l.startswith("#SBATCH --time=12:00:00") for l in lines)
+    assert any(l.startswith("#SBATCH --signal=TERM@300") for l in lines)    # the engine saves last.pth on SIGTERM
+    with pytest.raises(ValueError, match="nodes"):
+        sbatch_script("srun", nodes=0)

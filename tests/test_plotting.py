@@ -64,7 +64,7 @@ def test_signal_propagation_plot_has_one_line_per_variant_per_panel():
         assert len(ax.lines) == 2 and ax.get_yscale() == "log"
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     assert len(fig.axes[0].lines[0].get_xdata()) == 3  # head left out
-    assert fig.axes[0].get_legend() is not None
+    assert fig.axes[-1].get_legend() is not None  # right of the last panel
     fig = P.plot_signal_propagation({"bn": sp_table(1.0)}, branch=False, include_head=True)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines[0].get_xdata()) == 4
     with pytest.raises(ValueError, match="lacks columns"):
@@ -167,7 +167,7 @@ def test_figure_script_inputs_and_tables():
     assert list(tables) == ["bn", "none", "bf"]
     assert all(len(t) == 15 for t in tables.values())
     fig = P.plot_signal_propagation(tables)
-    assert all(len(ax.lines) == 3 for ax in fig.axes)
+    assert all(len([l for l in ax.lines if not l.get_label().startswith("_")]) == 3 for ax in fig.axes)  # + the floor line where values clip
 
 
 def test_predicted_vs_measured_draws_predictions_on_top():
@@ -333,3 +333,31 @@ def test_explore_builds_sliders_that_call_draw_with_their_start_values(monkeypat
 
     P.explore(draw, tau=(0.0, 1.0, 0.01, 0.6), setting=["SGD lr 0.5", "Adam lr 0.0005"])
     assert calls == [(0.6, "SGD lr 0.5")]
+
+
+def test_signal_propagation_marks_the_log_floor_and_keeps_the_legend_clear():
+    table = sp_table(1.0).assign(branch_var=[np.nan, 1e-9, 0.0, np.nan])   # 1e-9 drawn at the floor, 0 left out
+    fig = P.plot_signal_propagation({"none": table, "bf": sp_table(0.1)})
+    branch = fig.axes[2]
+    line = [l for l in branch.lines if l.get_label() == "none"][0]
+    assert line.get_ydata()[1] == pytest.approx(1e-6) and np.isnan(line.get_ydata()[2])
+    assert any("10⁻⁶" in t.get_text() for t in branch.texts)                # the floor is said, where it is used
+    assert not fig.axes[0].texts                                            # and nowhere else
+    assert fig.axes[-1].get_legend() is not None and fig.axes[0].get_legend() is None
+
+
+def test_seed_bands_mean_line_and_min_max_band_per_mode(tmp_path):
+    rows = [{"mode": m, "seed": s, "step": step, "epoch": e, "val_top1": 10.0 * e + s + (5 if m == "bf" else 0)}
+            for m in ("bn", "bf") for s in (0, 2) for step in (1, 2) for e in (1, 2)]
+    table = pd.DataFrame(rows)
+    fig = P.plot_seed_bands({"left": table, "right": table}, modes=("bn", "bf"), chance=10)
+    assert len(fig.axes) == 2
+    ax = fig.axes[0]
+    bn = [l for l in ax.lines if l.get_label().startswith("bn")][0]
+    assert list(bn.get_xdata()) == [1, 2, 3, 4]                 # step 2 continues after step 1
+    assert list(bn.get_ydata()) == [11.0, 21.0, 11.0, 21.0]     # mean of seeds 0 and 2
+    assert "2 seeds" in bn.get_label() and "band" in bn.get_label() and len(ax.collections) == 2   # one band per mode
+    assert [l for l in ax.lines if l.get_linestyle() == "--"][0].get_xdata()[0] == pytest.approx(2.5)
+    assert ax.get_legend() is not None and ax.get_ylabel()
+    with pytest.raises(ValueError, match="lacks columns"):
+        P.plot_seed_bands({"x": table.drop(columns="seed")})

@@ -86,3 +86,25 @@ def test_final_epoch_reads_the_last_row_and_handles_a_run_that_never_finished_an
     assert empty["epochs done"] == 0 and pd.isna(empty["final val top-1 %"]) and pd.isna(empty["mean clipped share"])
     pd.DataFrame({"epoch": [1], "train_loss": [2.0], "val_top1": [40.0]}).to_csv(run / "summary.csv", index=False)
     assert pd.isna(R.final_epoch(run)["mean clipped share"])  # no AGC column
+
+
+def test_read_runs_concatenates_live_runs_with_their_keys(tmp_path):
+    from bnn_helpers.results import read_runs
+
+    runs = {}
+    for mode, seed in (("bn", 0), ("bf", 1)):
+        folder = tmp_path / f"{mode}{seed}"
+        folder.mkdir()
+        pd.DataFrame({"step": [1, 1, 2, 2], "epoch": [1, 2, 1, 2], "val_top1": [1.0, 2.0, 3.0, 4.0],
+                      "elapsed_s": [2.0, 5.0, 1.0, 4.5]}).to_csv(folder / "summary.csv", index=False)
+        pd.DataFrame({"step": [1], "flip_ratio": [0.1]}).to_csv(folder / "stats.csv", index=False)
+        runs[mode, seed] = folder
+    table = read_runs(runs)
+    assert len(table) == 8 and set(zip(table["mode"], table["seed"])) == {("bn", 0), ("bf", 1)}
+    assert table["epoch_s"].tolist()[:4] == [2.0, 3.0, 1.0, 3.5]      # per step, from its own start
+    stats = read_runs({"bn": runs["bn", 0]}, keys=("mode",), table="stats")
+    assert stats["mode"].tolist() == ["bn"] and "epoch_s" not in stats
+    with pytest.raises(FileNotFoundError, match="summary.csv"):
+        read_runs({"x": tmp_path / "missing"})
+    with pytest.raises(ValueError, match="table"):
+        read_runs(runs, table="weights")
