@@ -325,7 +325,7 @@ PUBLISHED_RECIPE = [
     # removes almost all of it; its numbers were obtained without lighting (reference §5).
     ("PCA lighting std", "0.1 written, ≈ 0 in effect", "lighting_std", 0.0),
     ("eval resize → centre crop 224", 256, "val_resize", 256),
-    ("α, residual growth rate (bf)", 0.2, "alpha", 0.2),
+    ("α, residual-branch scale (bf)", 0.2, "alpha", 0.2),
     ("β_l, expected input std per block (bf)", "published schedule", "beta_schedule", "published"),
 ]
 

@@ -601,11 +601,11 @@ def _draw_block(ax, reduction: bool) -> None:
 
     stride = 2 if reduction else 1
     # Half 1: sign of the rescaled input, 3x3 binary conv, x alpha, + shortcut, RPReLU.
-    chain(main, [("x   (C×H×W)", "io"), ("× β₁", "real"), ("RSign₁: sign(· + b₁₁)", "binary"),
+    chain(main, [("x   (C×H×W)", "io"), ("× 1/β₁", "real"), ("RSign₁: sign(· + b)", "binary"),
                  (f"3×3 binary conv, stride {stride}\n(scaled WS · gain)", "binary"),
                  ("× α", "real"), ("+", "real"), ("RPReLU₁  → y", "real"),
-                 ("× β₂", "real"), ("RSign₂: sign(· + b₂₁)", "binary")], 0)
-    # The half-1 shortcut is x itself, or avgpool(β₁·x) in a reduction block.
+                 ("× 1/β₂", "real"), ("RSign₂: sign(· + b)", "binary")], 0)
+    # The half-1 shortcut is x itself, or avgpool(x/β₁) in a reduction block.
     skip(rows[1] if reduction else rows[0], rows[5], left, main)
     if reduction:
         box(left, (rows[1] + rows[5]) / 2, "avgpool\n2×2", "real")
@@ -642,8 +642,8 @@ def plot_block_diagram(title: str | None = None):
                         Patch(fc=_KIND_COLORS["real"], ec="0.35",
                               label="real-valued, per channel or elementwise")],
                loc="outside lower center", ncols=2, frameon=False)
-    fig.suptitle(title or "BN-free ReActNet-A block (mode bf): α = 0.2, β from the variance "
-                          "recurrence; no normalization anywhere")
+    fig.suptitle(title or "BN-free ReActNet-A block (mode bf): α = 0.2, β = predicted input std "
+                          "(the code's beta1, beta2 = 1/β); no normalization anywhere")
     return fig
 
 
