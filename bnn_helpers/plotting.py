@@ -642,8 +642,8 @@ def plot_block_diagram(title: str | None = None):
                         Patch(fc=_KIND_COLORS["real"], ec="0.35",
                               label="real-valued, per channel or elementwise")],
                loc="outside lower center", ncols=2, frameon=False)
-    fig.suptitle(title or "BN-free ReActNet-A block (mode bf): α = 0.2, β = predicted input std "
-                          "(the code's beta1, beta2 = 1/β); no normalization anywhere")
+    fig.suptitle(title or "BN-free ReActNet-A block (mode bf), no normalization anywhere\n"
+                          "α = 0.2; β = predicted input std (the code stores beta1, beta2 = 1/β)")
     return fig
 
 
