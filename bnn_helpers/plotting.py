@@ -797,7 +797,7 @@ def plot_sign_thresholds(images: Mapping[str, np.ndarray], thresholds: Sequence[
         for ax, tau in zip(panels, thresholds):
             signs = np.sign(gray - tau)
             ax.imshow(signs, cmap="gray", vmin=-1, vmax=1)
-            ax.set_title(f"{name}: τ = {tau:.2f}, {float((signs > 0).mean()):.0%} +1")
+            ax.set_title(f"{name}: τ = {tau:.2f}, {float((signs > 0).mean()):.1%} +1")
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

@@ -303,7 +303,7 @@ def test_plot_sign_thresholds_titles_each_panel_with_its_share_of_plus_one():
     fig = P.plot_sign_thresholds({"ramp": gray}, [0.0, 0.5, 0.9], originals={"ramp": np.stack([gray] * 3, -1)})
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0] == "ramp: photo" and len(titles) == 4
-    assert titles[1].endswith("99% +1") and titles[2].endswith("50% +1") and titles[3].endswith("10% +1")
+    assert titles[1].endswith("99.0% +1") and titles[2].endswith("50.0% +1") and titles[3].endswith("10.0% +1")
     assert "τ = 0.50" in titles[2]
     with pytest.raises(ValueError):
         P.plot_sign_thresholds({}, [0.5])
