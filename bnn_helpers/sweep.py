@@ -149,7 +149,7 @@ def plot_grid(runs: pd.DataFrame, modes=("bn", "none", "bf"), settings=None, tit
             if vals.empty:
                 continue
             x = i + (j - (len(modes) - 1) / 2) * width
-            std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+            std = vals.std(ddof=1) if len(vals) > 1 else None   # one seed: no error bar at all
             ax.bar(x, vals.mean(), width * 0.9, yerr=std, capsize=3, color=color,
                    label=mode if i == 0 else None)
             ax.plot([x] * len(vals), vals, "k.", ms=4)
@@ -162,7 +162,7 @@ def plot_grid(runs: pd.DataFrame, modes=("bn", "none", "bf"), settings=None, tit
     seeds = runs.groupby(["setting", "mode"])["seed"].nunique()
     per_bar = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
     ax.set_title(title or f"{runs['run'].nunique()} runs, {per_bar} seed(s) per bar: "
-                 "mean ± std, dots = seeds")
+                 "mean, ± std where a bar has several seeds, dots = seeds")
     return fig
 
 

@@ -75,3 +75,16 @@ def test_sweep_rejects_unknown_settings_and_missing_files(tmp_path, capsys):
     assert sweep.main([str(path), "--settings", "nope"]) == 2
     assert "unknown setting(s) nope" in capsys.readouterr().err
     assert sweep.main([str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_plot_grid_draws_error_bars_only_for_bars_with_several_seeds():
+    import matplotlib
+    matplotlib.use("Agg")
+    from bnn_helpers.sweep import load_grid, plot_grid
+    runs = load_grid("photos_grid")         # the shipped grid: 1 seed for two settings, 3 for two
+    fig = plot_grid(runs)
+    bars = [c for c in fig.axes[0].containers if hasattr(c, "errorbar")]
+    seeds = runs.groupby(["setting", "mode"])["seed"].nunique()
+    assert len(bars) == len(seeds)
+    with_bars = sum(c.errorbar is not None for c in bars)
+    assert with_bars == int((seeds > 1).sum()) and 0 < with_bars < len(bars)
