@@ -404,7 +404,9 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     ax_fwd.plot(grid, torch.sign(grid), color="black", linewidth=2.2, label="sign(x) (forward)")
     dx = float(grid[1] - grid[0])
     zero = int(torch.argmin(grid.abs()))
-    for (name, fn), color in zip(ESTIMATORS.items(), _colors(len(ESTIMATORS))):
+    labels = {"identity": "identity", "ste": "ste (clipped identity)", "approx": "approx (ApproxSign)"}
+    widths = np.linspace(3.6, 1.4, len(ESTIMATORS))   # later curves thinner: coinciding ones stay visible
+    for (name, fn), color, width in zip(ESTIMATORS.items(), _colors(len(ESTIMATORS)), widths):
         x = grid.clone().requires_grad_(True)
         out = fn(x)
         if not torch.equal(out.detach(), torch.sign(grid)):
@@ -413,9 +415,9 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
         grad = grad.numpy()
         # Trapezoid integral of the backward, anchored at 0.
         integral = np.concatenate([[0.0], np.cumsum((grad[1:] + grad[:-1]) * dx / 2)])
-        ax_fwd.plot(grid, integral - integral[zero], color=color, linestyle="--",
-                    label=f"{name}: ∫ backward")
-        ax_bwd.plot(grid, grad, color=color, label=name)
+        ax_fwd.plot(grid, integral - integral[zero], color=color, linestyle="--", linewidth=width,
+                    label=f"{labels.get(name, name)}: ∫ backward")
+        ax_bwd.plot(grid, grad, color=color, linewidth=width, label=labels.get(name, name))
     ax_fwd.set_title("Forward: sign and the surrogate each backward implies")
     ax_fwd.set_ylabel("output (dimensionless)")
     ax_bwd.set_title("Backward: gradient passed to x")

@@ -116,7 +116,7 @@ def test_estimator_plot_shows_autograd_backward():
     assert len(forward.lines) == 1 + len(ESTIMATORS)
     assert len(backward.lines) == len(ESTIMATORS)
     lines = {l.get_label(): l for l in backward.lines}
-    x, y = (np.asarray(v) for v in lines["approx"].get_data())
+    x, y = (np.asarray(v) for v in lines["approx (ApproxSign)"].get_data())
     for point, expected in ((0.0, 2.0), (0.5, 1.0), (-0.5, 1.0), (1.5, 0.0)):
         assert y[np.argmin(np.abs(x - point))] == pytest.approx(expected, abs=1e-9)
     x, y = (np.asarray(v) for v in lines["identity"].get_data())
