@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -110,6 +111,20 @@ _SP_PANELS = [("avg_sq_mean", "Average channel squared mean", "channel mean², a
 _LOG_FLOOR = 1e-6
 
 
+def _label_colors(labels) -> list:
+    """One colour per label; a label that starts with a mode ("bn · init", "bf (nf β)",
+    "none, photos") gets that mode's colour, as everywhere in the series, so variants of
+    one mode differ by line style only. Other labels take the colours after the modes'."""
+    modes = ("bn", "none", "bf")
+    by_mode = dict(zip(modes, _colors(len(modes))))
+    fallback = iter(_colors(len(labels) + len(modes))[len(modes):])
+    colors = []
+    for label in labels:
+        mode = re.match(r"(bn|none|bf)\b", label)
+        colors.append(by_mode[mode.group(1)] if mode else next(fallback))
+    return colors
+
+
 def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch: bool = True,
                             include_head: bool = False, title: str | None = None,
                             linestyles: Mapping[str, str] | None = None):
@@ -120,14 +135,14 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     all on a log scale, x = stem, block 1, ..., (head). Values below 1e-6 are
     drawn at 1e-6 (a panel where that happens marks the floor with a dotted
     line and says so) and zeros are left out. ``linestyles`` maps a label to a
-    matplotlib linestyle (e.g. dashed for trained networks). The legend sits
-    right of the last panel, clear of the lines.
+    matplotlib linestyle (e.g. dashed for trained networks); labels that start with a
+    mode share its colour. The legend sits right of the last panel, clear of the lines.
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
     panels = _SP_PANELS if branch else _SP_PANELS[:2]
     fig, axes = _figure(len(panels))
-    colors = _colors(len(tables_by_label))
+    colors = _label_colors(tables_by_label)
     ticks, clipped = None, set()
     for (label, table), color in zip(tables_by_label.items(), colors):
         missing = {"position", "name"} | {c for c, *_ in panels}
@@ -189,11 +204,7 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
               ("Sign inputs inside the gradient window", "share with |u| < 1", False),
               ("Sign outputs", "share of +1", False)]
     fig, axes = _figure(len(panels))
-    modes = ("bn", "none", "bf")  # a label "bn · init" is drawn in bn's colour, as everywhere in the series
-    by_mode = dict(zip(modes, _colors(len(modes))))
-    fallback = iter(_colors(len(tables_by_label) + len(modes))[len(modes):])
-    for label, table in tables_by_label.items():
-        color = by_mode.get(label.split(" ")[0]) or next(fallback)
+    for (label, table), color in zip(tables_by_label.items(), _label_colors(tables_by_label)):
         blocks = table[table["name"].str.startswith("block")]
         index = blocks["name"].str.replace("block", "").astype(int).to_numpy()
         values = (blocks["avg_var"].to_numpy(dtype=float), _mean_of(blocks, "sign_window"),

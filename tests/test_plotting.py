@@ -361,3 +361,9 @@ def test_seed_bands_mean_line_and_min_max_band_per_mode(tmp_path):
     assert ax.get_legend() is not None and ax.get_ylabel()
     with pytest.raises(ValueError, match="lacks columns"):
         P.plot_seed_bands({"x": table.drop(columns="seed")})
+
+
+def test_labels_of_one_mode_share_its_colour():
+    colors = P._label_colors(["bn · init", "bn · trained", "bf (nf β)", "none, photos", "toy"])
+    assert colors[0] == colors[1] and len({colors[0], colors[2], colors[3], colors[4]}) == 4
+    assert P._label_colors(["bf"])[0] == colors[2]
