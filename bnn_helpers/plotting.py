@@ -114,15 +114,15 @@ _LOG_FLOOR = 1e-6
 def _label_colors(labels) -> list:
     """One colour per label; a label that starts with a mode ("bn · init", "bf (nf β)",
     "none, photos") gets that mode's colour, as everywhere in the series, so variants of
-    one mode differ by line style only. Other labels take the colours after the modes'."""
+    one mode differ by line style only. Other labels take the colours after the modes',
+    or the palette in order when no label names a mode."""
     modes = ("bn", "none", "bf")
+    found = [re.match(r"(bn|none|bf)\b", label) for label in labels]
+    if not any(found):                      # no mode in any label: the palette in order
+        return list(_colors(len(labels)))
     by_mode = dict(zip(modes, _colors(len(modes))))
     fallback = iter(_colors(len(labels) + len(modes))[len(modes):])
-    colors = []
-    for label in labels:
-        mode = re.match(r"(bn|none|bf)\b", label)
-        colors.append(by_mode[mode.group(1)] if mode else next(fallback))
-    return colors
+    return [by_mode[m.group(1)] if m else next(fallback) for m in found]
 
 
 def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch: bool = True,
@@ -363,7 +363,7 @@ def _finish_axis(ax, step_boundaries, xlabel, ylabel, title):
 
 
 # (column, title, y label, log scale)
-_STATS_PANELS = [("flip_ratio", "Flip ratio", "share of binary weights flipped per step", True),
+_STATS_PANELS = [("flip_ratio", "Flip ratio", "share of weight signs flipped per step", True),
                  ("weight_sign_balance", "Weight sign balance", "share of +1 weights", False),
                  ("act_sign_balance", "Activation sign balance", "share of +1 activations", False),
                  ("agc_clip_share", "AGC clipped share", "share of units clipped", False)]
@@ -374,13 +374,14 @@ def plot_training_stats(run_dirs, title: str | None = None):
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
     x = optimizer steps, continued across training steps 1 and 2. The flip
-    ratio is on a log scale.
+    ratio (share of the latent weights whose sign changed: the binary weights'
+    flips in step 2) is on a log scale. One legend, right of the panels.
     """
     columns = ["step", "optimizer_step"] + [c for c, *_ in _STATS_PANELS]
     fig, axes = _figure(len(_STATS_PANELS), ncols=2)
     runs = _runs(run_dirs)
     boundaries = set()
-    for (label, run), color in zip(runs.items(), _colors(len(runs))):
+    for (label, run), color in zip(runs.items(), _label_colors(runs)):
         table = _read(run, "stats.csv", columns)
         table, dividers = _with_progress(table, "optimizer_step")
         boundaries.update(dividers)
@@ -394,7 +395,9 @@ def plot_training_stats(run_dirs, title: str | None = None):
             ax.set_yscale("log")
         xlabel = "optimizer steps (step 2 after the dashed line)" if boundaries else "optimizer steps"
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
+        ax.get_legend().remove()          # one legend for all four panels, clear of the curves
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
     fig.suptitle(title or "Training statistics")
     return fig
 

@@ -367,3 +367,7 @@ def test_labels_of_one_mode_share_its_colour():
     colors = P._label_colors(["bn · init", "bn · trained", "bf (nf β)", "none, photos", "toy"])
     assert colors[0] == colors[1] and len({colors[0], colors[2], colors[3], colors[4]}) == 4
     assert P._label_colors(["bf"])[0] == colors[2]
+
+
+def test_labels_without_modes_take_the_palette_in_order():
+    assert P._label_colors(["Adam", "SGD"]) == list(P._colors(2))
