@@ -97,6 +97,9 @@ def launch(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 
     if slurm:
         raise TrainError("slurm=True only builds the command: use dry_run=True and put it in sbatch")
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    # torchrun sets 1 thread per process and prints a banner about it when this is unset;
+    # saying it here keeps the output clean and shares the cores among the processes.
+    child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (nproc * nnodes or 1))))
     tail = deque(maxlen=20)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=child_env, bufsize=1) as proc:

@@ -170,7 +170,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             ax.axhline(_LOG_FLOOR, color="0.5", linestyle=":", linewidth=1, zorder=0)
             ax.text(0.99, _LOG_FLOOR, "plotting floor 10⁻⁶: smaller values drawn here",
                     transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7, color="0.3")
-        ax.set_xticks(ticks[0], ticks[1])
+        ax.set_xticks(ticks[0], ticks[1], fontsize=8 if include_head else None)  # "13" and "head" fit
         ax.set_xlabel("position (stem, block index" + (", head)" if include_head else ")"))
         ax.set_ylabel(ylabel)
         ax.set_title(name)
@@ -520,7 +520,7 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
         raise ValueError(f"ratios lacks columns {sorted(missing)}; pass diagnostics.unitwise_ratios(...)")
     kinds = list(dict.fromkeys(ratios["kind"]))
     fig, (ax,) = _figure(1)
-    fig.set_size_inches(8.0, 0.55 * len(kinds) + 1.6)
+    fig.set_size_inches(10.0, 0.55 * len(kinds) + 1.8)   # room for the long unit-kind labels
     values = [ratios.loc[ratios["kind"] == k, "ratio"].clip(lower=_LOG_FLOOR) for k in kinds]
     # matplotlib >= 3.10 spells it orientation=, older versions vert= (deprecated since 3.11)
     horizontal = ({"orientation": "horizontal"} if tuple(map(int, matplotlib.__version__.split(".")[:2])) >= (3, 10)
@@ -530,7 +530,7 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
     ax.set_xscale("log")
     ax.axvline(clip_factor, color="0.3", linestyle="--", label=f"λ = {clip_factor:g}: clipped to the right")
     ax.set_xlabel("‖G‖ / max(‖W‖, ε) per unit")
-    ax.set_title(title or "Unit-wise gradient-to-weight ratio")
+    fig.suptitle(title or "Unit-wise gradient-to-weight ratio")   # centred on the figure, not the axes
     ax.legend(loc="upper left")
     return fig
 
@@ -700,10 +700,10 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     series = [("bn", "float", "bn, float simulation"), ("bn", "folded", "bn, folded"),
               ("bf", "float", "bf, float simulation"), ("bf", "folded", "bf, folded")]
     xs = np.arange(len(real_ops))
-    for k, (norm, stage, label) in enumerate(series):
-        # hatched = before folding, plain = after: the pairs to compare
+    for k, ((norm, stage, label), color) in enumerate(zip(series, _label_colors([s[2] for s in series]))):
+        # the mode's colour; hatched = before folding, plain = after: the pairs to compare
         ax.bar(xs + (k - 1.5) * 0.2, real_ops[(norm, stage)] / 1e6, 0.2, label=label,
-               color=palette[2 + k], hatch="" if stage == "folded" else "//", edgecolor="white")
+               color=color, hatch="" if stage == "folded" else "//", edgecolor="white")
     values = real_ops.to_numpy() / 1e6
     ax.set(xticks=xs, xticklabels=[p.replace("block", "b") for p in real_ops.index], yscale="log",
            ylim=(values.min() / 1.5, values.max() * 2.5),
