@@ -8,23 +8,26 @@ Three measurements, all in one run so their ratios share the same machine state:
    every variant (bn / none / bf x step 1 / step 2) at two shapes:
    32x32 input, batch 32, 10 classes and 224x224, batch 8, 1000 classes.
    The package and the composition (``bnn_helpers.binarize.use_reference``)
-   run on the same model, and all variants of one shape and step alternate
-   step by step (the order rotating every round), so load changes on a
-   shared machine hit them alike. Reported: median step time after warm-up,
-   images/s, peak memory of one step, and composition/package ratios.
+   each run in their own worker process, as a training run holds one model
+   (``--in-process`` puts them all in this one). Workers take turns: each
+   times a block of ``--block`` consecutive steps after one untimed step, the
+   order reversing every round, so load changes on a shared machine hit all
+   of them alike and the bf / bn ratio comes from one run. Reported: median
+   step time, images/s, memory of one step, and the ratios between them.
 2. Peak training memory at 224x224, batch 32 (package vs composition).
 3. Eval throughput of the BN-free step-2 network with the cached binary
    weights against recomputing them at every forward.
 
 Saved memory is what autograd keeps for backward after the forward (activations,
 effective weights; parameters excluded, each storage once): exact, the same on
-every run. Peak memory is what one training step adds on top of what is live
-before it (parameters, Adam state, inputs). On CUDA: ``torch.cuda.max_memory_allocated``.
-On CPU torch has no allocator statistics, so the peak resident set size is
-used: free heap pages are returned with ``malloc_trim``, the kernel's peak
-counter is reset (``/proc/self/clear_refs``), and the step's peak is
-``VmHWM - VmRSS`` before it. It counts every tensor torch touches plus glibc's
-fragmentation, so it is an upper bound on live tensor bytes.
+every run. Peak tensor memory is the most that live tensors exceed, during one
+step, what was live before it (parameters, gradients, Adam state, inputs): on
+CUDA ``torch.cuda.max_memory_allocated``; on CPU summed, in order, from
+torch.profiler's allocation events, also exact. Peak RSS (CPU only) is what the
+process's resident set grows by in the step: free heap pages are returned with
+``malloc_trim``, the kernel's peak counter is reset (``/proc/self/clear_refs``),
+and the step's peak is ``VmHWM - VmRSS`` before it; it also counts glibc's
+fragmentation and moves by tens of MiB between runs of the same code.
 
 Usage::
 
@@ -39,6 +42,7 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import multiprocessing
 import platform
 import re
 import statistics
@@ -105,6 +109,27 @@ def peak_step_memory(step, device: torch.device) -> int | None:
     before = _proc_status_bytes("VmRSS")
     step()
     return _proc_status_bytes("VmHWM") - before
+
+
+def peak_tensor_bytes(step, device: torch.device) -> int:
+    """Peak bytes of live tensors one call of ``step()`` adds over what is live before it:
+    exact on CPU too (torch.profiler's allocation events, summed in order), unlike peak RSS,
+    which also counts the C heap's fragmentation."""
+    if device.type == "cuda":
+        return peak_step_memory(step, device)
+    from torch.profiler import ProfilerActivity, profile, record_function
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()  # blocks freed in the measured step are then known to the profiler
+        with record_function("measured step"):
+            step()
+    events = list(prof.profiler.kineto_results.events())
+    mark = next(e for e in events if e.name() == "measured step")
+    live = peak = 0
+    for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
+        if mark.start_ns() <= e.start_ns() <= mark.end_ns():
+            live += e.nbytes()
+            peak = max(peak, live)
+    return peak
 
 
 def saved_for_backward_bytes(model, x, y, impl: str) -> int:
@@ -195,34 +220,128 @@ def bench_train(args, shapes, device, results):
     for shape_name in args.shapes:
         shape = shapes[shape_name]
         for step_of in args.steps_of:
-            steps, saved = {}, {}
-            for variant in args.variants:
-                model, opt, x, y = build(variant, step_of, shape, args.width, device)
-                for impl in IMPLS:
-                    steps[variant, impl] = make_train_step(model, opt, x, y, impl)
-                    saved[variant, impl] = saved_for_backward_bytes(model, x, y, impl)
-            times, cpu = alternate(steps, args.warmup, args.rounds, device)
-            for (variant, impl), step in steps.items():
-                median = statistics.median(times[variant, impl])
+            keys = [(variant, impl) for variant in args.variants for impl in IMPLS]
+            if args.in_process:
+                measured = _measure_in_process(args, keys, shape, step_of, device)
+            else:
+                measured = _measure_in_workers(args, keys, shape, step_of, device)
+            for (variant, impl), m in measured.items():
+                median = statistics.median(m["times"])
                 rows.append(dict(shape=shape_name, **shape, variant=variant, step=step_of,
                                  impl=impl, median_s=median,
                                  images_per_s=shape["batch"] / median,
-                                 cpu_median_s=statistics.median(cpu[variant, impl]),
-                                 times_s=times[variant, impl],
-                                 peak_mib=mib(peak_step_memory(step, device)),
-                                 saved_mib=mib(saved[variant, impl])))
+                                 cpu_median_s=statistics.median(m["cpu"]),
+                                 times_s=m["times"], peak_mib=mib(m["peak"]),
+                                 peak_tensor_mib=mib(m["peak_tensor"]),
+                                 saved_mib=mib(m["saved"])))
                 print(_train_row(rows[-1]), flush=True)
-            if args.profile and "bf" in args.variants and step_of == 2:
-                profile_step(steps["bf", "package"], device, args.profile_rows)
-            del steps
     results["train_ratios"] = _train_ratios(rows)
 
 
+def _measure_in_process(args, keys, shape, step_of, device) -> dict:
+    """All models in this process, one step each per round (fast; used by --quick)."""
+    steps, saved, built = {}, {}, {}
+    for variant, impl in keys:
+        if variant not in built:
+            built[variant] = build(variant, step_of, shape, args.width, device)
+        model, optimizer, x, y = built[variant]
+        steps[variant, impl] = make_train_step(model, optimizer, x, y, impl)
+        saved[variant, impl] = saved_for_backward_bytes(model, x, y, impl)
+    times, cpu = alternate(steps, args.warmup, args.rounds, device)
+    out = {key: dict(times=times[key], cpu=cpu[key], saved=saved[key],
+                     peak=peak_step_memory(steps[key], device),
+                     peak_tensor=peak_tensor_bytes(steps[key], device)) for key in keys}
+    if args.profile and ("bf", "package") in steps and step_of == 2:
+        profile_step(steps["bf", "package"], device, args.profile_rows)
+    return out
+
+
+def _measure_in_workers(args, keys, shape, step_of, device) -> dict:
+    """One process per (variant, implementation), as a training run has one model.
+
+    Each worker times blocks of ``--block`` consecutive steps, after one untimed
+    step (it follows another process's step, which filled the caches); the
+    blocks of all workers alternate, the order reversing every round. In one
+    process the models would share one heap, and bf's temporaries would land
+    where bn's freed blocks happen to be (measured: bf/bf alternation in one
+    process drifts, in separate processes it reads 1.00).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    workers = {}
+    for variant, impl in keys:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, daemon=True, args=(
+            child, variant, impl, step_of, shape, args.width, str(device), torch.get_num_threads(),
+            not args.system_malloc, args.warmup))
+        proc.start()
+        workers[variant, impl] = (proc, parent)
+    try:
+        for _, conn in workers.values():
+            _reply(conn)  # built and warmed up
+        times = {key: [] for key in keys}
+        cpu = {key: [] for key in keys}
+        for r in range(args.rounds):
+            for key in (keys if r % 2 == 0 else keys[::-1]):
+                conn = workers[key][1]
+                conn.send(("block", args.block))
+                wall, proc_cpu = _reply(conn)
+                times[key] += wall
+                cpu[key] += proc_cpu
+        out = {}
+        for key in keys:
+            conn = workers[key][1]
+            conn.send(("memory", args.profile and key == ("bf", "package") and step_of == 2))
+            out[key] = dict(times=times[key], cpu=cpu[key], **_reply(conn))
+        return out
+    finally:
+        for proc, conn in workers.values():
+            if proc.is_alive():
+                conn.send(("stop", None))
+            proc.join(timeout=30)
+
+
+def _reply(conn):
+    kind, value = conn.recv()
+    if kind == "error":
+        raise RuntimeError(f"benchmark worker failed: {value}")
+    return value
+
+
+def _worker(conn, variant, impl, step_of, shape, width, device, threads, reuse_heap, warmup):
+    """Serve timed blocks of training steps of one model (see ``_measure_in_workers``)."""
+    try:
+        torch.set_num_threads(threads)
+        if reuse_heap:
+            reuse_freed_memory()
+        device = torch.device(device)
+        model, optimizer, x, y = build(variant, step_of, shape, width, device)
+        step = make_train_step(model, optimizer, x, y, impl)
+        saved = saved_for_backward_bytes(model, x, y, impl)
+        for _ in range(max(warmup, 1)):
+            step()
+        conn.send(("ok", None))
+        while True:
+            command, value = conn.recv()
+            if command == "block":
+                step()  # untimed: runs on caches another process filled
+                measured = [timed(step, device) for _ in range(value)]
+                conn.send(("ok", ([w for w, _ in measured], [c for _, c in measured])))
+            elif command == "memory":
+                conn.send(("ok", dict(saved=saved, peak=peak_step_memory(step, device),
+                                      peak_tensor=peak_tensor_bytes(step, device))))
+                if value:
+                    profile_step(step, device, 25)
+            else:
+                return
+    except Exception as err:  # the parent reports it and stops
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
 def _train_row(r):
-    peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:8.1f}"
     return (f"{r['shape']:>6} {r['variant']:>4} step{r['step']} {r['impl']:>11}: "
             f"{r['median_s'] * 1e3:9.1f} ms (cpu {r['cpu_median_s'] * 1e3:9.1f} ms) "
-            f"{r['images_per_s']:8.2f} img/s  peak {peak} MiB  saved {r['saved_mib']:7.1f} MiB")
+            f"{r['images_per_s']:8.2f} img/s  peak tensors {_fmt(r['peak_tensor_mib'], '8.1f')} MiB "
+            f"(rss {_fmt(r['peak_mib'], '8.1f')})  saved {r['saved_mib']:7.1f} MiB")
 
 
 def _train_ratios(rows):
@@ -239,9 +358,10 @@ def _train_ratios(rows):
                      cpu_speedup_vs_composition=(comp["cpu_median_s"] / pkg["cpu_median_s"]
                                                  if comp else None),
                      time_vs_bn_package=pkg["median_s"] / bn["median_s"] if bn else None,
-                     memory_vs_composition=(pkg["peak_mib"] / comp["peak_mib"]
-                                            if comp and pkg["peak_mib"] and comp["peak_mib"]
-                                            else None))
+                     peak_tensors_vs_bn_package=(pkg["peak_tensor_mib"] / bn["peak_tensor_mib"]
+                                                 if bn and bn["peak_tensor_mib"] else None),
+                     memory_vs_composition=(pkg["peak_tensor_mib"] / comp["peak_tensor_mib"]
+                                            if comp and comp["peak_tensor_mib"] else None))
         ratios.append(entry)
     return ratios
 
@@ -267,7 +387,7 @@ def bench_memory(args, device, results):
         for impl in IMPLS:
             step = make_train_step(model, opt, x, y, impl)
             step()  # Adam state exists before the measured step
-            peaks[impl] = peak_step_memory(step, device)
+            peaks[impl] = peak_tensor_bytes(step, device)
         row = dict(**shape, variant=variant, step=2,
                    package_mib=mib(peaks["package"]), composition_mib=mib(peaks["composition"]),
                    ratio=(peaks["package"] / peaks["composition"]
@@ -340,7 +460,12 @@ def parse_args(argv=None):
                    help="training steps (1: real weights, 2: binary weights)")
     p.add_argument("--width", type=float, default=1.0, help="width_mult (default 1 = published)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=7, help="timed training steps per implementation")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="rounds; each times --block steps per variant and implementation")
+    p.add_argument("--block", type=int, default=3,
+                   help="consecutive timed steps per worker and round (after one untimed step)")
+    p.add_argument("--in-process", action="store_true",
+                   help="all models in this process, one step each per round (--quick does this)")
     p.add_argument("--eval-rounds", type=int, default=9)
     p.add_argument("--memory-batch", type=int, default=32)
     p.add_argument("--memory-resolution", type=int, default=224)
@@ -355,10 +480,11 @@ def parse_args(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.width, args.warmup, args.rounds, args.eval_rounds = 0.25, 1, 1, 1
+        args.in_process = True
         args.threads = args.threads or 1
         args.memory_batch, args.memory_resolution = 2, 64
-    if args.warmup < 0 or args.rounds < 1 or args.eval_rounds < 1:
-        p.error("--rounds and --eval-rounds must be >= 1 and --warmup >= 0")
+    if args.warmup < 0 or args.rounds < 1 or args.eval_rounds < 1 or args.block < 1:
+        p.error("--rounds, --block and --eval-rounds must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -385,17 +511,21 @@ def _run(args, device):
                   threads=torch.get_num_threads(), quick=args.quick, width_mult=args.width,
                   warmup=args.warmup, rounds=args.rounds, argv=args.argv,
                   reuse_freed_memory=heap_reused,
+                  in_process=args.in_process, block=args.block,
                   memory_method=("torch.cuda.max_memory_allocated" if device.type == "cuda"
-                                 else "peak RSS (VmHWM) above RSS before the step, after malloc_trim")),
+                                 else "peak_tensor: torch.profiler allocation events; peak (rss): "
+                                      "VmHWM above RSS before the step, after malloc_trim")),
         train_step=[], train_ratios=[], memory=[], eval=[])
     if "train" in args.sections:
         bench_train(args, shapes, device, results)
-        print("\ncomposition/package time (speedup), package time vs bn, package/composition memory:")
+        print("\ncomposition/package time (speedup), package time and peak tensors vs bn, "
+              "package/composition peak tensors:")
         for r in results["train_ratios"]:
             print(f"  {r['shape']:>6} {r['variant']:>4} step{r['step']}: "
                   f"speedup {_fmt(r['speedup_vs_composition'], '.2f')}x "
                   f"(cpu {_fmt(r['cpu_speedup_vs_composition'], '.2f')}x)  "
-                  f"vs bn {_fmt(r['time_vs_bn_package'], '.2f')}  "
+                  f"vs bn {_fmt(r['time_vs_bn_package'], '.2f')} "
+                  f"(peak tensors {_fmt(r['peak_tensors_vs_bn_package'], '.2f')})  "
                   f"memory {_fmt(r['memory_vs_composition'], '.2f')}")
     if "memory" in args.sections:
         bench_memory(args, device, results)

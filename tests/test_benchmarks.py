@@ -97,3 +97,35 @@ def test_gpu_check_without_cuda_says_what_to_do(capsys):
         pytest.skip("a GPU is present: the real check would run")
     assert gpu_check.main([]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_train_step_worker_processes(tmp_path):
+    """The default measurement: one process per variant and implementation, timed in blocks."""
+    out = tmp_path / "workers.json"
+    train_step.main(["--sections", "train", "--shapes", "32px", "--variants", "bf", "bn",
+                     "--steps-of", "2", "--width", "0.125", "--threads", "1", "--warmup", "0",
+                     "--rounds", "2", "--block", "2", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert not saved["meta"]["in_process"]
+    rows = {(r["variant"], r["impl"]): r for r in saved["train_step"]}
+    assert set(rows) == {(v, i) for v in ("bf", "bn") for i in ("package", "composition")}
+    for row in rows.values():
+        assert len(row["times_s"]) == 4 and row["peak_tensor_mib"] > 0
+    # Exact, so the same model gives the same bytes in any process: the composition keeps
+    # more for backward than the package, in every worker.
+    for variant in ("bf", "bn"):
+        assert rows[variant, "package"]["saved_mib"] < rows[variant, "composition"]["saved_mib"]
+        assert rows[variant, "package"]["peak_tensor_mib"] < rows[variant, "composition"]["peak_tensor_mib"]
+
+
+def test_peak_tensor_bytes_is_exact_on_cpu():
+    import torch
+    kept = []
+
+    def step():  # peaks at 3 MiB (a, then b while a is alive); 1 MiB stays live after it
+        a = torch.ones(2 << 18)
+        b = torch.ones(1 << 18)
+        kept.append(b)
+        del a
+
+    assert train_step.peak_tensor_bytes(step, torch.device("cpu")) == 3 << 20
