@@ -64,6 +64,7 @@ from .sign_stats import STATS_COLUMNS, StatsRecorder, binary_sign, sign_layers, 
 __all__ = [
     "channel_statistics",
     "signal_propagation",
+    "signal_by_position",
     "logit_variance",
     "batch_coupling",
     "top1_accuracy",
@@ -151,7 +152,7 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     convs together when the block doubles its channels), ``sign_balance1``,
     ``sign_balance2``, ... (share of +1 among the outputs of the k-th RSign of
     the block; note ``sign(0) = 0`` counts as not +1), ``sign_window1``, ... (share of
-    the k-th RSign's thresholded inputs ``u`` with ``|u| < 1``, where the ``approx``
+    the k-th RSign's shifted inputs ``x + b`` with ``|x + b| < 1``, where the ``approx``
     and ``ste`` estimators pass a gradient; the rest are saturated signs).
 
     Runs under ``torch.no_grad`` in whatever train/eval mode the caller set.
@@ -255,6 +256,34 @@ def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
     if logits.shape[0] < 2:
         raise ValueError("logit_variance needs a batch of at least 2 inputs")
     return channel_statistics(logits)[1]
+
+
+def signal_by_position(tables_by_label: Mapping[str, pd.DataFrame], quantity: str,
+                       blocks_only: bool = False) -> pd.DataFrame:
+    """One quantity of several :func:`signal_propagation` tables side by side.
+
+    Returns one column per label and one row per position, indexed by name
+    (``stem``, ``block1`` ... ``head``); with ``blocks_only`` the blocks alone,
+    indexed by block number 1 ... N. ``quantity`` is a column (``"avg_var"``,
+    ``"branch_var"``: that column alone) or, where no column has that name, the prefix
+    of numbered columns (``"sign_window"``: ``sign_window1``, ``sign_window2``, ...),
+    averaged per row, ignoring NaN (a position without signs is NaN).
+    """
+    if not tables_by_label:
+        raise ValueError("signal_by_position needs at least one table: {label: DataFrame}")
+    columns = {}
+    for label, table in tables_by_label.items():
+        names = [quantity] if quantity in table.columns else [
+            c for c in table.columns if c.startswith(quantity) and c[len(quantity):].isdigit()]
+        if not names:
+            raise ValueError(f"table {label!r} has no column {quantity!r} (nor {quantity}1, {quantity}2, ...)")
+        values = table[names].astype(float).mean(axis=1, skipna=True)
+        values.index = table["name"]
+        if blocks_only:
+            values = values[values.index.str.startswith("block")]
+            values.index = values.index.str.replace("block", "").astype(int).rename("block")
+        columns[label] = values
+    return pd.DataFrame(columns)
 
 
 def signal_at_init_and_trained(run_dirs: Mapping[str, object], x: torch.Tensor, num_classes: int,
@@ -517,7 +546,7 @@ def unitwise_ratios(model: nn.Module, eps: float = 1e-3) -> pd.DataFrame:
 
 
 def ste_window_share(sign_input: torch.Tensor, half_width: float = 1.0) -> float:
-    """Share of a sign's inputs ``u = x + b`` with ``|u| < half_width``: where the approx
+    """Share of a sign's shifted inputs ``x + b`` with ``|x + b| < half_width``: where the approx
     and ste estimators pass a gradient (outside it the sign is saturated)."""
     return float((sign_input.abs() < half_width).float().mean())
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .config import TrainError
 
-__all__ = ["PHOTO_CLASSES", "PHOTOS_SEED", "load_photos", "load_photo_patches"]
+__all__ = ["PHOTO_CLASSES", "PHOTOS_SEED", "load_photos", "load_photo_patches", "one_per_class", "to_display"]
 
 # skimage.data functions whose files ship inside the scikit-image wheel (no pooch
 # download). ``cat`` is left out: it is the same photo as ``chelsea``.
@@ -94,3 +94,20 @@ def load_photo_patches(size: int = 32, train_per_class: int = 300, val_per_class
     mean = xt.mean(dim=(0, 2, 3), keepdim=True)
     std = xt.std(dim=(0, 2, 3), keepdim=True)
     return ((xt - mean) / std, yt), ((xv - mean) / std, yv)
+
+
+def one_per_class(y: torch.Tensor) -> list[int]:
+    """The index of the first sample of every class ``0 ... y.max()``, in class order."""
+    return [int((y == c).nonzero()[0]) for c in range(int(y.max()) + 1)]
+
+
+def to_display(x: torch.Tensor) -> torch.Tensor:
+    """Normalised patches (N, 3, H, W) as (N, H, W, 3) RGB in [0, 1] for ``imshow``.
+
+    Each channel is rescaled to the min–max of the whole set ``x``. The photos
+    span [0, 1] in every channel and the normalisation is per channel, so on a
+    large set (e.g. every validation patch) this undoes it up to the extremes
+    the set happens to hold; within one set all patches are rescaled alike.
+    """
+    low, high = x.amin((0, 2, 3), keepdim=True), x.amax((0, 2, 3), keepdim=True)
+    return ((x - low) / (high - low).clamp(min=1e-12)).permute(0, 2, 3, 1)

@@ -7,8 +7,10 @@ directory's CSV files), never a model, and returns a ``matplotlib`` figure:
   per block, log scale, several variants overlaid;
 * :func:`plot_sign_saturation` – per block: stream variance, share of sign inputs
   inside the estimator's gradient window, share of +1 signs;
+* :func:`plot_image_grid` – small images with a title each (digits, photo patches);
 * :func:`plot_accuracy_curves` – top-1 and loss per epoch from ``summary.csv``;
   step 2 continues after step 1, behind a dashed divider;
+* :func:`plot_seed_bands` – mean and min–max over seeds per mode, several panels;
 * :func:`plot_training_stats` – flip ratio, sign balances, AGC share from ``stats.csv``;
 * :func:`plot_estimators` – forward and backward of every sign estimator;
 * :func:`plot_weight_histograms` – latent-weight histograms, one panel per layer;
@@ -47,6 +49,7 @@ __all__ = [
     "savefig",
     "plot_signal_propagation",
     "plot_sign_saturation",
+    "plot_image_grid",
     "plot_accuracy_curves",
     "plot_training_stats",
     "plot_estimators",
@@ -179,40 +182,33 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     return fig
 
 
-def _mean_of(table: pd.DataFrame, prefix: str) -> np.ndarray:
-    columns = [c for c in table.columns if c.startswith(prefix)]
-    if not columns:
-        raise ValueError(f"the table has no {prefix}* columns; pass diagnostics.signal_propagation() "
-                         "tables of a network with RSign layers")
-    return table[columns].mean(axis=1, skipna=True).to_numpy(dtype=float)
-
-
 def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str | None = None,
                          linestyles: Mapping[str, str] | None = None):
     """Per block: residual-stream variance, signs in the gradient window, share of +1 signs.
 
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``. The
-    middle panel averages the block's ``sign_window*`` columns (share of sign
-    inputs with ``|u| < 1``, where the approx/ste estimators pass a gradient),
-    the right one its ``sign_balance*`` columns (share of +1 outputs). A label that
-    starts with a mode (``"bf · trained"``) gets that mode's colour; tell the
-    variants of one mode apart with ``linestyles``.
+    middle panel averages the block's ``sign_window*`` columns (share of the signs'
+    shifted inputs with ``|x + b| < 1``, where the approx/ste estimators pass a
+    gradient), the right one its ``sign_balance*`` columns (share of +1 outputs), both
+    via ``diagnostics.signal_by_position``. A label that starts with a mode
+    (``"bf · trained"``) gets that mode's colour; tell the variants of one mode apart
+    with ``linestyles``.
     """
+    from .diagnostics import signal_by_position
+
     if not tables_by_label:
         raise ValueError("plot_sign_saturation needs at least one table: {label: DataFrame}")
-    panels = [("Residual stream after the block", "channel variance (log)", True),
-              ("Sign inputs inside the gradient window", "share with |u| < 1", False),
-              ("Sign outputs", "share of +1", False)]
+    panels = [("avg_var", "Residual stream after the block", "channel variance (log)", True),
+              ("sign_window", "Sign inputs inside the gradient window", "share with |x + b| < 1", False),
+              ("sign_balance", "Sign outputs", "share of +1", False)]
     fig, axes = _figure(len(panels))
-    for (label, table), color in zip(tables_by_label.items(), _label_colors(tables_by_label)):
-        blocks = table[table["name"].str.startswith("block")]
-        index = blocks["name"].str.replace("block", "").astype(int).to_numpy()
-        values = (blocks["avg_var"].to_numpy(dtype=float), _mean_of(blocks, "sign_window"),
-                  _mean_of(blocks, "sign_balance"))
-        style = (linestyles or {}).get(label, "-")
-        for ax, y in zip(axes, values):
-            ax.plot(index, y, marker="o", markersize=3, color=color, linestyle=style, label=label)
-    for ax, (name, ylabel, log) in zip(axes, panels):
+    colors = dict(zip(tables_by_label, _label_colors(tables_by_label)))
+    for ax, (quantity, *_) in zip(axes, panels):
+        values = signal_by_position(tables_by_label, quantity, blocks_only=True)
+        for label in tables_by_label:
+            ax.plot(values.index, values[label], marker="o", markersize=3, color=colors[label],
+                    linestyle=(linestyles or {}).get(label, "-"), label=label)
+    for ax, (_, name, ylabel, log) in zip(axes, panels):
         if log:
             ax.set_yscale("log")
         else:
@@ -223,6 +219,33 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
     axes[2].axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
     axes[-1].legend(title="network", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Sign saturation per block")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# images
+# --------------------------------------------------------------------------
+def plot_image_grid(images, titles: Sequence[str], ncols: int, title: str | None = None,
+                    cmap: str | None = None, panel_size: float = 1.15):
+    """A grid of small images, each with its own title, axes hidden.
+
+    ``images``: (N, H, W) grey values (drawn with ``cmap``) or (N, H, W, 3) RGB in
+    [0, 1] (e.g. ``photos.to_display(x)``), as a tensor or array; ``titles``: one per
+    image. ``ncols`` images per row; each panel is ``panel_size`` inches wide.
+    """
+    images = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if len(images) != len(titles) or not len(images):
+        raise ValueError(f"plot_image_grid needs one title per image, got {len(images)} images, {len(titles)} titles")
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows + 0.4),
+                             squeeze=False, layout="constrained")
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, image, name in zip(axes.ravel(), images, titles):
+        ax.imshow(image, cmap=cmap)
+        ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -323,8 +346,8 @@ def plot_seed_bands(panels: Mapping[str, pd.DataFrame], modes=("bn", "none", "bf
     ``panels``: ``{panel title: table}`` with columns ``mode``, ``seed``,
     ``step``, ``epoch`` and ``metric`` (``results.read_runs`` or
     ``results.load_reference_runs``). Step 2's epochs continue after step 1's,
-    behind a dashed line; ``chance`` draws a grey horizontal line. Panels share
-    the y axis.
+    behind a dashed line; ``chance`` draws a labelled grey horizontal line. Panels
+    share the y axis; one legend for all panels sits below them, clear of the data.
     """
     if not panels:
         raise ValueError("plot_seed_bands needs at least one panel: {title: table}")
@@ -343,10 +366,13 @@ def plot_seed_bands(panels: Mapping[str, pd.DataFrame], modes=("bn", "none", "bf
                     label=f"{mode}: mean of {table[table['mode'] == mode]['seed'].nunique()} seeds, band min–max")
             ax.fill_between(curve.min().index, curve.min(), curve.max(), color=color, alpha=0.2)
         if chance is not None:
-            ax.axhline(chance, color="0.6", linewidth=1, zorder=0)
+            ax.axhline(chance, color="0.45", linewidth=1, linestyle="-.", zorder=0, label=f"chance ({chance:g} %)")
         boundaries = [per_step + 0.5] if table["step"].nunique() > 1 else []
         _finish_axis(ax, boundaries, "epoch (step 2 after the dashed line)", ylabel, name)
+        ax.get_legend().remove()
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
     if title:
         fig.suptitle(title)
     return fig

@@ -25,7 +25,7 @@ import yaml
 from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "final_epoch", "collect_run",
-           "read_runs"]
+           "read_runs", "seed_summary", "share_above_chance"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -99,6 +99,38 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     ordered = summary.sort_values(["run", "step", "epoch"])
     grouped = ordered.groupby([*by, "step"])["val_top1"]
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
+
+
+def seed_summary(best: pd.DataFrame, order=None) -> pd.DataFrame:
+    """Mean, sample std, min, max and count over seeds, one row per (mode, step), plus two printable columns.
+
+    ``best``: one row per (mode, seed), one column per step (e.g. the best val top-1
+    of each run and step, ``summary.groupby(["mode", "seed", "step"])["val_top1"].max().unstack("step")``).
+    Returns the columns ``mean``, ``std`` (ddof 1; NaN for one seed), ``min``, ``max``,
+    ``seeds``, ``"mean ± std"`` (``"80.2 ± 1.6"``, or ``"80.2"`` for one seed) and
+    ``"min–max"``, indexed by (mode, step); ``order`` lists the modes in display order.
+    """
+    if best.index.nlevels < 2:
+        raise ValueError("seed_summary needs one row per (mode, seed): index levels (mode, seed)")
+    long = best.stack().rename("value").reset_index()
+    mode, step = best.index.names[0] or "level_0", long.columns[-2]
+    table = long.groupby([mode, step])["value"].agg(mean="mean", min="min", max="max", seeds="count")
+    table.insert(1, "std", long.groupby([mode, step])["value"].std(ddof=1))
+    if order is not None:
+        table = table.reindex(list(order), level=0)
+    table["mean ± std"] = [f"{m:.1f}" if pd.isna(s) else f"{m:.1f} ± {s:.1f}" for m, s in zip(table["mean"], table["std"])]
+    table["min–max"] = [f"{a:.1f}–{b:.1f}" for a, b in zip(table["min"], table["max"])]
+    return table.rename_axis(["mode", "step"])
+
+
+def share_above_chance(accuracy, reference, chance: float):
+    """The part of ``reference``'s accuracy above chance that ``accuracy`` still has above chance.
+
+    ``(accuracy − chance) / (reference − chance)``: 1 = all of it, 0 = back at chance,
+    negative = below chance. Works on numbers, numpy arrays and pandas objects (aligned
+    by index). Accuracies in the same unit as ``chance`` (e.g. percent and 10 for ten classes).
+    """
+    return (accuracy - chance) / (reference - chance)
 
 
 def final_epoch(run_dir: str | Path) -> dict:

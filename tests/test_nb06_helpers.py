@@ -1,0 +1,116 @@
+"""Package helpers that notebook 06 uses for its tables and figures (results, diagnostics,
+plotting, photos): seed summaries, shares above chance, signal tables by position, the
+seed-band legend, image grids and photo patches for display."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bnn_helpers import plotting as P  # noqa: E402
+from bnn_helpers.diagnostics import signal_by_position  # noqa: E402
+from bnn_helpers.photos import one_per_class, to_display  # noqa: E402
+from bnn_helpers.results import seed_summary, share_above_chance  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def best_table():
+    """Best top-1 per (mode, seed) and step, as notebook 06 builds it."""
+    rows = [("bn", 0, 1, 20.0), ("bn", 0, 2, 30.0), ("bn", 1, 1, 24.0), ("bn", 1, 2, 31.0),
+            ("bf", 0, 1, 80.0), ("bf", 0, 2, 90.0)]
+    runs = pd.DataFrame(rows, columns=["mode", "seed", "step", "val_top1"])
+    return runs.groupby(["mode", "seed", "step"])["val_top1"].max().unstack("step")
+
+
+def test_seed_summary_mean_std_range_and_text():
+    table = seed_summary(best_table(), order=["bn", "bf"])
+    assert list(table.index) == [("bn", 1), ("bn", 2), ("bf", 1), ("bf", 2)]   # display order kept
+    bn1 = table.loc[("bn", 1)]
+    assert bn1["mean"] == 22.0 and bn1["std"] == pytest.approx(np.std([20, 24], ddof=1))
+    assert (bn1["min"], bn1["max"], bn1["seeds"]) == (20.0, 24.0, 2)
+    assert bn1["mean ± std"] == "22.0 ± 2.8" and bn1["min–max"] == "20.0–24.0"
+    bf2 = table.loc[("bf", 2)]
+    assert np.isnan(bf2["std"]) and bf2["mean ± std"] == "90.0"                # one seed: no spread
+    with pytest.raises(ValueError, match="mode, seed"):
+        seed_summary(pd.DataFrame({1: [1.0]}))
+
+
+def test_share_above_chance_is_one_definition_for_numbers_and_series():
+    assert share_above_chance(55.0, 100.0, 10.0) == pytest.approx(0.5)
+    assert share_above_chance(10.0, 80.0, 10.0) == 0.0
+    shares = share_above_chance(pd.Series({"a": 15.7, "b": 74.2}), pd.Series({"b": 80.2, "a": 25.5}), 10)
+    assert shares["a"] == pytest.approx(5.7 / 15.5) and shares["b"] == pytest.approx(64.2 / 70.2)
+
+
+def sp_table(window=(0.2, 0.6), scale=1.0):
+    """A signal_propagation-like table: stem, two blocks with two signs each, head."""
+    return pd.DataFrame({"position": range(4), "name": ["stem", "block1", "block2", "head"],
+                         "avg_var": [1.0, 2.0 * scale, 4.0 * scale, 0.5],
+                         "branch_var": [np.nan, 0.1, 0.2, np.nan], "branch_var2": [np.nan, 0.5, 0.6, np.nan],
+                         "sign_window1": [np.nan, window[0], window[1], np.nan],
+                         "sign_window2": [np.nan, window[0] + 0.2, window[1] + 0.2, np.nan],
+                         "sign_windowless": [9.0, 9.0, 9.0, 9.0]})   # not a numbered sign column
+
+
+def test_signal_by_position_columns_prefixes_and_blocks():
+    tables = {"a": sp_table(), "b": sp_table(scale=10.0)}
+    var = signal_by_position(tables, "avg_var")
+    assert list(var.columns) == ["a", "b"] and list(var.index) == ["stem", "block1", "block2", "head"]
+    assert var.loc["head", "b"] == 0.5 and var.loc["block2", "b"] == 40.0
+    branch = signal_by_position(tables, "branch_var", blocks_only=True)   # the named column alone,
+    assert list(branch["a"]) == [0.1, 0.2]                                 # not averaged with branch_var2
+    window = signal_by_position(tables, "sign_window", blocks_only=True)
+    assert list(window.index) == [1, 2] and window.index.name == "block"
+    assert np.allclose(window["a"], [0.3, 0.7])          # mean of the block's two signs, not "sign_windowless"
+    with pytest.raises(ValueError, match="sign_balance"):
+        signal_by_position(tables, "sign_balance")
+
+
+def test_sign_saturation_plot_names_the_window_in_the_series_notation():
+    table = sp_table().assign(sign_balance1=[np.nan, 0.6, 0.7, np.nan])
+    fig = P.plot_sign_saturation({"none · init": table, "none · trained": table})
+    assert fig.axes[1].get_ylabel() == "share with |x + b| < 1"
+    assert np.allclose(fig.axes[1].lines[0].get_ydata(), [0.3, 0.7])
+
+
+def test_seed_bands_have_one_legend_outside_the_panels_with_the_chance_line():
+    rows = [{"mode": m, "seed": s, "step": step, "epoch": e, "val_top1": 20.0 * e + s}
+            for m in ("bn", "bf") for s in (0, 1) for step in (1, 2) for e in (1, 2)]
+    fig = P.plot_seed_bands({"left": pd.DataFrame(rows), "right": pd.DataFrame(rows)},
+                            modes=("bn", "bf"), chance=10)
+    assert all(ax.get_legend() is None for ax in fig.axes)       # nothing drawn over the data
+    assert len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["bn: mean of 2 seeds, band min–max", "bf: mean of 2 seeds, band min–max"]
+    assert "chance (10 %)" in labels and len(labels) == 3           # once, not once per panel
+
+
+def test_image_grid_one_titled_panel_per_image():
+    fig = P.plot_image_grid(torch.zeros(5, 8, 8), [f"label {i}" for i in range(5)], ncols=3, cmap="gray_r",
+                            title="five")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(fig.axes) == 6 and len(shown) == 5                   # 2 x 3 grid, the last panel empty
+    assert [ax.get_title() for ax in shown] == [f"label {i}" for i in range(5)]
+    assert not any(ax.axison for ax in fig.axes) and fig._suptitle.get_text() == "five"
+    fig = P.plot_image_grid(np.ones((2, 4, 4, 3)) / 2, ["a", "b"], ncols=2)
+    assert fig.axes[0].images[0].get_array().shape == (4, 4, 3)
+    with pytest.raises(ValueError, match="one title per image"):
+        P.plot_image_grid(torch.zeros(2, 4, 4), ["only one"], ncols=2)
+
+
+def test_photos_for_display_and_one_per_class():
+    x = torch.stack([torch.full((3, 2, 2), v) for v in (-1.0, 0.0, 3.0)])
+    x[:, 1] *= 2                                                     # channels differ in scale
+    shown = to_display(x)
+    assert shown.shape == (3, 2, 2, 3) and float(shown.min()) == 0.0 and float(shown.max()) == 1.0
+    assert torch.allclose(shown[1, 0, 0], torch.full((3,), 0.25))   # same place in every channel's range
+    assert one_per_class(torch.tensor([2, 0, 0, 1, 2])) == [1, 3, 0]
