@@ -83,6 +83,7 @@ __all__ = [
     "unitwise_ratios",
     "ste_window_share",
     "ste_window_shares",
+    "sign_inputs",
     "binary_conv_io",
     "compare_packed",
     "signal_at_init_and_trained",
@@ -543,6 +544,40 @@ def ste_window_shares(model: nn.Module, half_width: float = 1.0):
     with removing_hooks() as handles:
         handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RSign)]
         yield shares
+@torch.no_grad()
+def sign_inputs(model: nn.Module, x: torch.Tensor, max_values: int = 20000,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """What every sign of each block sees: ``{"block3": values}``, the inputs
+    ``u = x + b`` of all the block's RSigns on the batch ``x`` (pooled), as float64.
+
+    Blocks with more values keep a random ``max_values`` of them (fixed ``seed``),
+    enough for a histogram. Runs under ``no_grad`` in the caller's train/eval
+    mode; BN running statistics touched in train mode are restored, hooks removed.
+    """
+    model = unwrap(model)
+    _check_model(model)
+    values: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name):
+        def record(module, inputs, output):  # on RSign.shift: output = the sign's input
+            values.setdefault(name, []).append(output.detach().flatten().double())
+        return record
+
+    with removing_hooks() as handles, buffers_restored(model):
+        for i, block in enumerate(model.blocks, start=1):
+            handles += [m.shift.register_forward_hook(hook(f"block{i}"))
+                        for m in block.modules() if isinstance(m, RSign)]
+        model(x)
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, parts in values.items():
+        flat = torch.cat(parts)
+        if flat.numel() > max_values:
+            flat = flat[torch.randperm(flat.numel(), generator=generator)[:max_values]]
+        out[name] = flat.numpy()
+    return out
+
+
 @torch.no_grad()
 def binary_conv_io(model: nn.Module, packed: nn.Module, images: torch.Tensor):
     """Run a float model and its packed copy on ``images``; record every binary conv.

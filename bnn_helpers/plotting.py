@@ -460,6 +460,45 @@ def plot_weight_histograms(values_by_layer: Mapping[str, np.ndarray], bins: int 
     return fig
 
 
+def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.ndarray]],
+                               blocks: Sequence[str], bins: int = 61, title: str | None = None):
+    """Histograms of what the signs see: one row per network, one column per block.
+
+    ``inputs_by_label``: ``{label: diagnostics.sign_inputs(model, x)}``. The x axis is
+    symmetric-log (linear inside ``|u| < 1``, the window where ApproxSign and the
+    clipped identity pass a gradient, shaded; logarithmic outside), so a stream
+    that grew by orders of magnitude stays on the page. Each panel's title gives
+    the share of inputs inside the window and the share that are positive.
+    """
+    if not inputs_by_label or not blocks:
+        raise ValueError("plot_sign_input_histograms needs {label: {block: values}} and blocks")
+    labels = list(inputs_by_label)
+    missing = [(label, b) for label in labels for b in blocks if b not in inputs_by_label[label]]
+    if missing:
+        raise ValueError(f"no sign inputs for {missing[:3]}; blocks must name diagnostics.sign_inputs keys")
+    largest = max(float(np.abs(v).max()) for d in inputs_by_label.values() for v in d.values())
+    limit = max(2.0, largest * 1.05)
+    edges = np.concatenate([-np.geomspace(limit, 1, bins // 3 + 1), np.linspace(-1, 1, bins // 3 + 1)[1:-1],
+                            np.geomspace(1, limit, bins // 3 + 1)])
+    fig, axes = plt.subplots(len(labels), len(blocks), figsize=(2.6 * len(blocks), 2.1 * len(labels)),
+                             squeeze=False, sharex=True, constrained_layout=True)
+    for row, (label, color) in enumerate(zip(labels, _label_colors(labels))):
+        for col, block in enumerate(blocks):
+            ax, u = axes[row, col], np.asarray(inputs_by_label[label][block], dtype=float)
+            ax.axvspan(-1, 1, color="0.9", zorder=0)
+            ax.hist(u, bins=edges, weights=np.full(u.size, 1.0 / u.size), color=color)
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.axvline(0, color="0.4", linewidth=0.8)
+            inside, positive = float(np.mean(np.abs(u) < 1)), float(np.mean(u > 0))
+            ax.set_title(f"{label}, {block}\n{inside:.0%} in window, {positive:.0%} > 0", fontsize="small")
+            if col == 0:
+                ax.set_ylabel("share of sign inputs")
+            if row == len(labels) - 1:
+                ax.set_xlabel("sign input u (symlog)")
+    fig.suptitle(title or "What the signs see: inputs u per block (shaded: |u| < 1, the gradient window)")
+    return fig
+
+
 # --------------------------------------------------------------------------
 # predictions against measurements, gradient ratios
 # --------------------------------------------------------------------------
