@@ -160,6 +160,8 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
         which = {"1": "first", "2": "second"}.get(sign_column[-1], sign_column)
         panels.append((sign_column, f"Share of +1 at each block's {which} sign", "share of +1 (fraction)"))
     fig, axes = _figure(len(panels), ncols=2 if len(panels) == 4 else None)
+    if len(panels) == 4:                     # 2 × 2, widened: 14 ticks per panel and a legend at the right
+        fig.set_size_inches(2 * _PANEL_SIZE[0] + 2.5, 2 * _PANEL_SIZE[1])
     colors = _label_colors(tables_by_label)
     names, clipped = {}, set()
     with_data = {column: set() for column, *_ in panels}
@@ -199,7 +201,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
         ticks = sorted(with_data[column])
         labels = ["stem" if names[p] == "stem" else "head" if names[p] == "head"
                   else names[p].replace("block", "") for p in ticks]
-        ax.set_xticks(ticks, labels, fontsize=8 if include_head else None)  # "13" and "head" fit
+        ax.set_xticks(ticks, labels, fontsize=8 if include_head or sign_column else None)  # "13", "head" fit
         ax.set_xlim(*span)
         has = {names[p] for p in ticks}
         ax.set_xlabel("position (" + ", ".join(["stem"] * ("stem" in has) + ["block index"]
@@ -272,7 +274,7 @@ def plot_logit_spread(summary: pd.DataFrame, title: str | None = None):
     panels = [("logit variance across inputs", "Variance of the logits across inputs",
                "variance across inputs (a.u.)"),
               ("logit var / mean²", "The same, relative to the logits' size",
-               "variance / squared mean (dimensionless)")]
+               "variance / mean² (dimensionless)")]
     if summary.index.nlevels != 2:
         raise ValueError("plot_logit_spread needs diagnostics.signal_summary(...) indexed by (input, mode)")
     missing = {column for column, *_ in panels} - set(summary.columns)
