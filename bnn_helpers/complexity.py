@@ -55,7 +55,7 @@ from .layers import is_binary_conv
 from .models.reactnet_18 import ReActNet18
 from .models.reactnet_a import ReActBlockA, ReActNetA
 
-__all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table",
+__all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table", "published_comparison",
            "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "OP_KINDS", "size_table"]
 
 BITS_PER_REAL = 32
@@ -236,6 +236,32 @@ def stage_table(table: pd.DataFrame) -> pd.DataFrame:
     stages.insert(1, "params", stages.pop("real") + stages.pop("binary"))
     stages.loc["total"] = ["", *stages[["params", "bops", "flops", "ops"]].sum()]
     return stages
+
+
+# (row, column of complexity_table's total, unit power of ten the paper prints in; 0: exact)
+_PUBLISHED_UNITS = (("parameters", "params", 0), ("BOPs", "bops", 9), ("FLOPs", "flops", 8), ("OPs", "ops", 8))
+
+
+def published_comparison(total: pd.Series, published: dict) -> pd.DataFrame:
+    """Our counts next to published ones, ours rounded the way the paper prints them.
+
+    ``total``: the ``total`` row of :func:`complexity_table`; ``published``:
+    ``{"params": int, "bops": ..., "flops": ..., "ops": ...}``. ReActNet's table
+    gives parameters exactly, BOPs in units of 10⁹ and FLOPs / OPs in units of
+    10⁸, with two decimals. Rows parameters, BOPs, FLOPs, OPs; columns ``ours``
+    and ``published`` (printed strings) and ``match`` (equal at that precision).
+    """
+    ours = {"params": int(total["real_params"] + total["binary_params"]),
+            **{k: float(total[k]) for k in ("bops", "flops", "ops")}}
+    rows = {}
+    for row, key, power in _PUBLISHED_UNITS:
+        if power == 0:
+            rows[row] = (f"{ours[key]:,}", f"{int(published[key]):,}", ours[key] == int(published[key]))
+        else:
+            mine, theirs = round(ours[key] / 10 ** power, 2), round(published[key] / 10 ** power, 2)
+            sup = str(power).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+            rows[row] = (f"{mine:.2f}×10{sup}", f"{theirs:.2f}×10{sup}", mine == theirs)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["ours", "published", "match"])
 
 
 def _eng(value: float) -> str:

@@ -10,10 +10,15 @@ Signal propagation (Brock et al. 2021, arXiv 2101.08692; docs/reference.md §8)
     the residual branches before ``alpha`` and the share of +1 among the
     outputs of every sign in the block. The head row holds the logits, whose
     ``avg_var`` is the variance across inputs (:func:`logit_variance`).
+    :func:`readable_signal_table` prints one with readable column names;
+    :func:`signal_summary` condenses several into the numbers compared.
 
 Accuracy
     :func:`top1_accuracy` on in-memory tensors, in eval mode (running BN statistics)
     or with train-mode BN (each batch's own statistics).
+
+Structure
+    :func:`count_parts` — blocks, signs, binary convs, normalization layers, buffers.
 
 Weights
     :func:`sign_layers` (the convs whose weights are, or in step 2 will be,
@@ -31,6 +36,9 @@ Inference
     :func:`binary_conv_io` — what every binary conv of a float model and of its
     packed copy (:func:`bnn_helpers.deploy.pack`) receives and computes;
     :func:`compare_packed` — the checks that the packed copy is the same network.
+
+Signs
+    :func:`sign_shares` — shares of +1, 0 and −1 after ``sign`` (``sign(0) = 0``).
 
 Gradients
     :func:`unitwise_ratios` — AGC's ratio ‖G‖/max(‖W‖, ε) per unit, by kind of
@@ -64,6 +72,9 @@ from .sign_stats import STATS_COLUMNS, StatsRecorder, binary_sign, sign_layers, 
 __all__ = [
     "channel_statistics",
     "signal_propagation",
+    "SIGNAL_COLUMN_NAMES",
+    "readable_signal_table",
+    "signal_summary",
     "logit_variance",
     "batch_coupling",
     "top1_accuracy",
@@ -72,6 +83,7 @@ __all__ = [
     "sign_layers",
     "binary_sign",
     "latent_weight_values",
+    "count_parts",
     "weight_sign_balance",
     "flip_ratio_per_layer",
     "flip_ratio",
@@ -81,6 +93,7 @@ __all__ = [
     "STATS_COLUMNS",
     "count_sign_ties",
     "unitwise_ratios",
+    "sign_shares",
     "ste_window_share",
     "ste_window_shares",
     "sign_inputs",
@@ -223,6 +236,62 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
         if column not in table:
             table[column] = np.nan
     return table[ordered + signs]
+
+
+#: Printed names of :func:`signal_propagation`'s columns (ReActNet-A: half 1 is the 3×3 conv,
+#: half 2 the 1×1 conv(s); sign 1 and sign 2 are the RSigns in front of them).
+SIGNAL_COLUMN_NAMES = {"avg_sq_mean": "mean²", "avg_var": "variance",
+                       "branch_var": "branch var (3×3 half)", "branch_var2": "branch var (1×1 half)",
+                       "sign_balance1": "share +1 (sign 1)", "sign_balance2": "share +1 (sign 2)"}
+
+
+def readable_signal_table(table: pd.DataFrame, rows: Iterable[str] | None = None) -> pd.DataFrame:
+    """A :func:`signal_propagation` table for printing: indexed by ``name``, with the
+    columns of :data:`SIGNAL_COLUMN_NAMES` under their printed names.
+
+    ``rows``: the names to keep, in order (e.g. ``["stem", "block1", "head"]``);
+    ``None`` keeps every row. The numbers are not changed.
+    """
+    columns = [c for c in SIGNAL_COLUMN_NAMES if c in table.columns]
+    view = table.set_index("name")[columns].rename(columns=SIGNAL_COLUMN_NAMES)
+    view.index.name = None
+    return view if rows is None else view.loc[list(rows)]
+
+
+def signal_summary(tables: Mapping, names: Iterable[str] | None = None,
+                   first_block: int = 3) -> pd.DataFrame:
+    """The numbers the notebooks compare, one row per :func:`signal_propagation` table.
+
+    ``tables``: ``{key: table}``; tuple keys give a MultiIndex whose levels are
+    named by ``names`` (e.g. ``("input", "mode")``). Columns:
+
+    * ``last block mean²``, ``last block variance`` and ``max block mean²`` (over the blocks);
+    * ``last block share +1 (sign 2)`` and ``min share +1, sign 2, blocks 3+`` (the
+      smallest share of +1 at the blocks' second signs from block ``first_block`` on;
+      1 means every one of them outputs only +1), NaN without ``sign_balance2``;
+    * ``logit mean²`` and ``logit variance across inputs`` (the head row), and
+      ``logit var / mean²``: the variance across inputs relative to the logits'
+      size, which compares networks whose logits differ in scale.
+    """
+    rows = []
+    for key, table in tables.items():
+        blocks = table[table["name"].str.startswith("block")]
+        head = table.set_index("name").loc["head"]
+        signs = blocks["sign_balance2"] if "sign_balance2" in blocks else pd.Series(np.nan, index=blocks.index)
+        rows.append({"last block mean²": float(blocks["avg_sq_mean"].iloc[-1]),
+                     "last block variance": float(blocks["avg_var"].iloc[-1]),
+                     "max block mean²": float(blocks["avg_sq_mean"].max()),
+                     "last block share +1 (sign 2)": float(signs.iloc[-1]),
+                     "min share +1, sign 2, blocks 3+": float(signs.iloc[first_block - 1:].min()),
+                     "logit mean²": float(head["avg_sq_mean"]),
+                     "logit variance across inputs": float(head["avg_var"]),
+                     "logit var / mean²": float(head["avg_var"] / head["avg_sq_mean"])})
+    keys = list(tables)
+    index = (pd.MultiIndex.from_tuples(keys, names=list(names) if names else None)
+             if keys and all(isinstance(k, tuple) for k in keys) else pd.Index(keys, name=None))
+    if names and index.nlevels == 1:
+        index.name = list(names)[0]
+    return pd.DataFrame(rows, index=index)
 
 
 def batch_coupling(model: nn.Module, sample: torch.Tensor, companions_a: torch.Tensor,
@@ -400,6 +469,40 @@ def latent_weight_values(model: nn.Module, layers: str = "sign") -> dict[str, np
     return {n: m.weight.detach().float().cpu().flatten().numpy() for n, m in chosen.items()}
 
 
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def count_parts(model: nn.Module) -> pd.Series:
+    """What a network is made of, as integer counts (one Series).
+
+    ``blocks`` (``len(model.blocks)``, 0 without), ``RSign``, ``RPReLU``,
+    ``binary 3×3 convs`` and ``binary 1×1 convs`` (convs with binary weights:
+    none in a step-1 network), ``normalization layers`` (BatchNorm, GroupNorm,
+    LayerNorm, LocalResponseNorm), ``buffer values`` (all buffer elements), and
+    of those the ``running mean + var values`` and the ``num_batches_tracked
+    counters`` (one integer per BatchNorm layer).
+    """
+    from .layers import RPReLU
+
+    model = unwrap(model)
+    modules = list(model.modules())
+    convs = [m for m in modules if is_binary_conv(m)]
+    buffers = dict(model.named_buffers())
+    return pd.Series({
+        "blocks": len(model.blocks) if hasattr(model, "blocks") else 0,
+        "RSign": sum(isinstance(m, RSign) for m in modules),
+        "RPReLU": sum(isinstance(m, RPReLU) for m in modules),
+        "binary 3×3 convs": sum(m.kernel_size == (3, 3) for m in convs),
+        "binary 1×1 convs": sum(m.kernel_size == (1, 1) for m in convs),
+        "normalization layers": sum(isinstance(m, _NORM_TYPES) for m in modules),
+        "buffer values": sum(b.numel() for b in buffers.values()),
+        "running mean + var values": sum(b.numel() for n, b in buffers.items()
+                                         if n.endswith(("running_mean", "running_var"))),
+        "num_batches_tracked counters": sum(b.numel() for n, b in buffers.items()
+                                            if n.endswith("num_batches_tracked")),
+    }, dtype=int)
+
+
 def weight_sign_balance(model: nn.Module) -> pd.DataFrame:
     """Per sign layer: ``name``, ``numel``, ``positive_share`` (share of +1 binary weights)."""
     rows = []
@@ -515,6 +618,19 @@ def unitwise_ratios(model: nn.Module, eps: float = 1e-3) -> pd.DataFrame:
         kind = _parameter_kind(name, p, classifier_ids)
         rows += [{"name": name, "kind": kind, "ratio": float(r)} for r in ratio.flatten()]
     return pd.DataFrame(rows, columns=["name", "kind", "ratio"])
+
+
+def sign_shares(values) -> dict[str, float]:
+    """Shares of +1, 0 and −1 in ``sign(values)`` (a NumPy array or a tensor); they add up to 1.
+
+    ``sign(0) = 0`` in NumPy and PyTorch, so inputs exactly at the threshold
+    count as neither +1 nor −1.
+    """
+    signs = np.sign(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
+    if signs.size == 0:
+        raise ValueError("sign_shares needs at least one value")
+    return {"share of +1": float((signs > 0).mean()), "share of 0": float((signs == 0).mean()),
+            "share of −1": float((signs < 0).mean())}
 
 
 def ste_window_share(sign_input: torch.Tensor, half_width: float = 1.0) -> float:

@@ -4,9 +4,11 @@ Every function takes tables (from :mod:`bnn_helpers.diagnostics` or a run
 directory's CSV files), never a model, and returns a ``matplotlib`` figure:
 
 * :func:`plot_signal_propagation` – squared channel mean and channel variance
-  per block, log scale, several variants overlaid;
+  per block, log scale, several variants overlaid (optionally a sign's share of +1);
 * :func:`plot_sign_saturation` – per block: stream variance, share of sign inputs
   inside the estimator's gradient window, share of +1 signs;
+* :func:`plot_logit_spread` – how much the logits differ between inputs, absolute
+  and relative to their size (from :func:`bnn_helpers.diagnostics.signal_summary`);
 * :func:`plot_accuracy_curves` – top-1 and loss per epoch from ``summary.csv``;
   step 2 continues after step 1, behind a dashed divider;
 * :func:`plot_training_stats` – flip ratio, sign balances, AGC share from ``stats.csv``;
@@ -47,6 +49,7 @@ __all__ = [
     "savefig",
     "plot_signal_propagation",
     "plot_sign_saturation",
+    "plot_logit_spread",
     "plot_accuracy_curves",
     "plot_training_stats",
     "plot_estimators",
@@ -127,7 +130,9 @@ def _label_colors(labels) -> list:
 
 def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch: bool = True,
                             include_head: bool = False, title: str | None = None,
-                            linestyles: Mapping[str, str] | None = None):
+                            linestyles: Mapping[str, str] | None = None, *,
+                            branch_title: str | None = None, sign_column: str | None = None,
+                            legend_title: str = "variant"):
     """Signal propagation of several variants: one line per label per panel.
 
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
@@ -136,14 +141,30 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     drawn at 1e-6 (a panel where that happens marks the floor with a dotted
     line and says so) and zeros are left out. ``linestyles`` maps a label to a
     matplotlib linestyle (e.g. dashed for trained networks); labels that start with a
-    mode share its colour. The legend sits right of the last panel, clear of the lines.
+    mode share its colour. The legend (titled ``legend_title``) sits right of the
+    last panel, clear of the lines.
+
+    ``branch_title`` replaces the branch panel's title (the default names α, which
+    notebook 03 introduces). ``sign_column`` (e.g. ``"sign_balance2"``) adds a
+    fourth, linear panel: the share of +1 among the outputs of that sign of every
+    block, with 0.5 (balanced) dotted; four panels are laid out 2 × 2. A panel
+    gets x ticks only where it has data (the branch and sign panels: blocks only),
+    on the same x range as the others.
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
-    panels = _SP_PANELS if branch else _SP_PANELS[:2]
-    fig, axes = _figure(len(panels))
+    panels = list(_SP_PANELS if branch else _SP_PANELS[:2])
+    if branch and branch_title:
+        panels[2] = (panels[2][0], branch_title, panels[2][2])
+    if sign_column:
+        which = {"1": "first", "2": "second"}.get(sign_column[-1], sign_column)
+        panels.append((sign_column, f"Share of +1 at each block's {which} sign", "share of +1 (fraction)"))
+    fig, axes = _figure(len(panels), ncols=2 if len(panels) == 4 else None)
+    if len(panels) == 4:                     # 2 × 2, widened: 14 ticks per panel and a legend at the right
+        fig.set_size_inches(2 * _PANEL_SIZE[0] + 2.5, 2 * _PANEL_SIZE[1])
     colors = _label_colors(tables_by_label)
-    ticks, clipped = None, set()
+    names, clipped = {}, set()
+    with_data = {column: set() for column, *_ in panels}
     for (label, table), color in zip(tables_by_label.items(), colors):
         missing = {"position", "name"} | {c for c, *_ in panels}
         missing -= set(table.columns)
@@ -151,30 +172,43 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             raise ValueError(f"table {label!r} lacks columns {sorted(missing)}; "
                              "pass diagnostics.signal_propagation() tables")
         rows = table if include_head else table[table["name"] != "head"]
+        names.update(zip(rows["position"], rows["name"]))
         style = (linestyles or {}).get(label, "-")
         for ax, (column, *_) in zip(axes, panels):
             values = rows[column].to_numpy(dtype=float)
+            with_data[column].update(rows["position"][np.isfinite(values)])
+            if column == sign_column:        # a share: linear axis, no floor
+                ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
+                        linestyle=style, label=label)
+                continue
             if ((values > 0) & (values < _LOG_FLOOR)).any():
                 clipped.add(column)
             # log axes cannot show 0 (e.g. the constant branches of the no-BN network).
             values = np.where(values > 0, np.maximum(values, _LOG_FLOOR), np.nan)
             ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
                     linestyle=style, label=label)
-        if ticks is None or len(rows) > len(ticks[0]):
-            ticks = (rows["position"].to_list(),
-                     ["stem" if n == "stem" else "head" if n == "head" else n.replace("block", "")
-                      for n in rows["name"]])
+    span = (min(names) - 0.6, max(names) + 0.6)
     for ax, (column, name, ylabel) in zip(axes, panels):
-        ax.set_yscale("log")
+        if column == sign_column:
+            ax.set_ylim(0, 1.04)
+            ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1, zorder=0)
+        else:
+            ax.set_yscale("log")
         if column in clipped:
             ax.axhline(_LOG_FLOOR, color="0.5", linestyle=":", linewidth=1, zorder=0)
             ax.text(0.99, _LOG_FLOOR, "plotting floor 10⁻⁶: smaller values drawn here",
                     transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7, color="0.3")
-        ax.set_xticks(ticks[0], ticks[1], fontsize=8 if include_head else None)  # "13" and "head" fit
-        ax.set_xlabel("position (stem, block index" + (", head)" if include_head else ")"))
+        ticks = sorted(with_data[column])
+        labels = ["stem" if names[p] == "stem" else "head" if names[p] == "head"
+                  else names[p].replace("block", "") for p in ticks]
+        ax.set_xticks(ticks, labels, fontsize=8 if include_head or sign_column else None)  # "13", "head" fit
+        ax.set_xlim(*span)
+        has = {names[p] for p in ticks}
+        ax.set_xlabel("position (" + ", ".join(["stem"] * ("stem" in has) + ["block index"]
+                                              + ["head"] * ("head" in has)) + ")")
         ax.set_ylabel(ylabel)
         ax.set_title(name)
-    axes[-1].legend(title="variant", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[-1].legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Signal propagation")
     return fig
 
@@ -223,6 +257,38 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
     axes[2].axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
     axes[-1].legend(title="network", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Sign saturation per block")
+    return fig
+
+
+def plot_logit_spread(summary: pd.DataFrame, title: str | None = None):
+    """Do different inputs get different logits? Two bar panels, log scale.
+
+    ``summary``: :func:`bnn_helpers.diagnostics.signal_summary` with a
+    two-level index (input batch, mode). Left: the variance of the logits
+    across the inputs of a batch (``logit variance across inputs``); right: the
+    same relative to the logits' size (``logit var / mean²``), the measure that
+    compares networks whose logits differ in scale. One group of bars per mode
+    (in the order of ``summary``), one bar per input batch; the bar colours are
+    not the modes' colours (the modes are on the x axis).
+    """
+    panels = [("logit variance across inputs", "Variance of the logits across inputs",
+               "variance across inputs (a.u.)"),
+              ("logit var / mean²", "The same, relative to the logits' size",
+               "variance / mean² (dimensionless)")]
+    if summary.index.nlevels != 2:
+        raise ValueError("plot_logit_spread needs diagnostics.signal_summary(...) indexed by (input, mode)")
+    missing = {column for column, *_ in panels} - set(summary.columns)
+    if missing:
+        raise ValueError(f"summary lacks columns {sorted(missing)}; pass diagnostics.signal_summary(...)")
+    inputs_level, modes_level = summary.index.names
+    modes = list(dict.fromkeys(summary.index.get_level_values(1)))
+    fig, axes = _figure(len(panels))
+    for ax, (column, name, ylabel) in zip(axes, panels):
+        table = summary[column].unstack(0).loc[modes]      # rows: modes, columns: input batches
+        table.plot.bar(ax=ax, logy=True, rot=0, legend=False, color=_colors(3 + table.shape[1])[3:])
+        ax.set(xlabel=f"normalization {modes_level or 'mode'}", ylabel=ylabel, title=name)
+    axes[-1].legend(title=f"{inputs_level or 'input'} batch", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title or "Do different inputs get different logits?")
     return fig
 
 
@@ -411,7 +477,9 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     The backward is measured with autograd on a grid. Left: ``sign(x)`` (the
     forward of every estimator) and, dashed, the function whose derivative
     each backward is (its integral from 0) – the surrogate the estimator
-    pretends to differentiate. Right: the backward ``d out / d x``.
+    pretends to differentiate. Right: the backward ``d out / d x``. One legend
+    (one colour per estimator) sits below both panels, off the region
+    ``|x| < 1`` where the estimators differ.
     """
     grid = torch.linspace(-x_range, x_range, points, dtype=torch.float64)
     fig, (ax_fwd, ax_bwd) = _figure(2)
@@ -432,13 +500,16 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
         ax_fwd.plot(grid, integral - integral[zero], color=color, linestyle="--", linewidth=width,
                     label=f"{labels.get(name, name)}: ∫ backward")
         ax_bwd.plot(grid, grad, color=color, linewidth=width, label=labels.get(name, name))
-    ax_fwd.set_title("Forward: sign and the surrogate each backward implies")
+    ax_fwd.set_title("Forward: sign (black) and, dashed, the surrogate\neach backward implies (its integral from 0)")
     ax_fwd.set_ylabel("output (dimensionless)")
     ax_bwd.set_title("Backward: gradient passed to x")
     ax_bwd.set_ylabel("d output / d x (dimensionless)")
     for ax in (ax_fwd, ax_bwd):
         ax.set_xlabel("input x (dimensionless)")
-        ax.legend()
+    # One legend below both panels: inside, it would cover |x| < 1, where the estimators differ.
+    handles = ax_fwd.get_lines()[:1] + ax_bwd.get_lines()
+    fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=len(handles),
+               frameon=False)
     fig.suptitle("Sign estimators (straight-through variants)")
     return fig
 
@@ -624,29 +695,45 @@ _KIND_COLORS = {"binary": "#f4a582", "real": "#92c5de", "io": "#f7f7f7"}
 
 
 def _draw_block(ax, reduction: bool) -> None:
-    """One ReActNet-A block (mode bf) as boxes and arrows, top to bottom, on ``ax``."""
+    """One ReActNet-A block (mode bf) as boxes and arrows, top to bottom, on ``ax``.
+
+    Every arrow runs vertically or horizontally and stops a little outside the
+    box it points at: its shrink is the measured half height (or half width) of
+    that box, so two-line boxes do not hide the arrowhead.
+    """
     ax.set_axis_off()
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.03, 1.02)
     main, left, right = 0.5, 0.08, 0.92
     rows = np.linspace(0.98, 0.0, 15 if reduction else 14)  # one row per box on the main line
+    boxes = {}                                               # (x, y) -> the Text drawn there
+    line = dict(color="0.3", lw=1.1, zorder=1)
 
     def box(x, y, text, kind):
-        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3,
-                bbox=dict(boxstyle="round,pad=0.35", fc=_KIND_COLORS[kind], ec="0.35"))
+        boxes[(x, y)] = ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3,
+                                bbox=dict(boxstyle="round,pad=0.35", fc=_KIND_COLORS[kind], ec="0.35"))
 
-    def arrow(x0, y0, x1, y1, from_box=True):
-        # shrink: stop at the box edges rather than at their centres
+    def half(point, vertical):
+        # Half height (vertical arrow) or half width of the box at ``point``, in points, plus a gap.
+        text = boxes.get(point)
+        if text is None:
+            return 0.0
+        extent = text.get_window_extent()                   # the text alone, in pixels
+        size = (extent.height if vertical else extent.width) * 72 / ax.figure.dpi
+        return size / 2 + 0.35 * text.get_fontsize() + 2.0  # + the box's pad + a gap
+
+    def arrow(x0, y0, x1, y1):
+        vertical = x0 == x1
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
                     arrowprops=dict(arrowstyle="-|>", color="0.3", lw=1.1,
-                                    shrinkA=8 if from_box else 0, shrinkB=8))
+                                    shrinkA=half((x0, y0), vertical), shrinkB=half((x1, y1), vertical)))
 
     def skip(y_from, y_to, x_side, x_to):
         # A shortcut: leaves the main line at a dot just below y_from, runs along x_side.
         y_split = y_from - 0.022
-        ax.plot([main, x_side, x_side], [y_split, y_split, y_to], color="0.3", lw=1.1, zorder=1)
+        ax.plot([main, x_side, x_side], [y_split, y_split, y_to], **line)
         ax.plot([main], [y_split], "o", color="0.3", markersize=3.5, zorder=2)
-        arrow(x_side, y_to, x_to, y_to, from_box=False)
+        arrow(x_side, y_to, x_to, y_to)
 
     def chain(x, items, first_row):
         for k, (text, kind) in enumerate(items):
@@ -656,27 +743,38 @@ def _draw_block(ax, reduction: bool) -> None:
 
     stride = 2 if reduction else 1
     # Half 1: sign of the rescaled input, 3x3 binary conv, x alpha, + shortcut, RPReLU.
-    chain(main, [("x   (C×H×W)", "io"), ("× 1/β₁", "real"), ("RSign₁: sign(· + b)", "binary"),
+    # Each RSign has its own bias (b₁, b₂), each RPReLU its own shifts and slope.
+    chain(main, [("x   (C×H×W)", "io"), ("× 1/β₁", "real"), ("RSign₁: sign(· + b₁)", "binary"),
                  (f"3×3 binary conv, stride {stride}\n(scaled WS · gain)", "binary"),
                  ("× α", "real"), ("+", "real"), ("RPReLU₁  → y", "real"),
-                 ("× 1/β₂", "real"), ("RSign₂: sign(· + b)", "binary")], 0)
+                 ("× 1/β₂", "real"), ("RSign₂: sign(· + b₂)", "binary")], 0)
     # The half-1 shortcut is x itself, or avgpool(x/β₁) in a reduction block.
     skip(rows[1] if reduction else rows[0], rows[5], left, main)
     if reduction:
         box(left, (rows[1] + rows[5]) / 2, "avgpool\n2×2", "real")
     # Half 2: one 1x1 conv, or two on the same signs (concatenated: 2C channels).
     columns = [main - 0.2, main + 0.2] if reduction else [main]
+    split, join = (rows[8] + rows[9]) / 2, (rows[11] + rows[12]) / 2
+    if reduction:   # the signs fork to both 1x1 convs; both sums meet at the concat
+        ax.plot([main, main], [rows[8], split], **line)
+        ax.plot([columns[0], columns[-1]], [split, split], **line)
+        ax.plot([columns[0], columns[-1]], [join, join], **line)
+        ax.plot([main], [split], "o", color="0.3", markersize=3.5, zorder=2)
     for k, x in enumerate(columns):
         suffix = f" {'ab'[k]}" if reduction else ""
         chain(x, [("1×1 binary conv" + suffix, "binary"), ("× α", "real"), ("+ y", "real")], 9)
-        arrow(main, rows[8], x, rows[9])
+        if reduction:
+            arrow(x, split, x, rows[9])
+            ax.plot([x, x], [rows[11], join], **line)
+        else:
+            arrow(main, rows[8], x, rows[9])
         skip(rows[6], rows[11], left if k == 0 else right, x)   # y joins every 1x1 branch
     out = "out   (2C×H/2×W/2)" if reduction else "out   (C×H×W)"
     tail = ([("concat → 2C channels", "real")] if reduction else []) + [("RPReLU₂", "real"), (out, "io")]
     chain(main, tail, 12)
-    for x in columns:
-        arrow(x, rows[11], main, rows[12])
-    ax.set_title("Reduction block (blocks 2, 4, 6, 12)" if reduction else
+    arrow(main, join if reduction else rows[11], main, rows[12])
+    ax.set_title("Reduction block (blocks 2, 4, 6, 12); block 1 is wired\nthe same way but with stride 1 "
+                 "and shortcut x (no avgpool)" if reduction else
                  "Normal block (blocks 3, 5, 7–11, 13)")
 
 
@@ -684,7 +782,9 @@ def plot_block_diagram(title: str | None = None):
     """The two ReActNet-A block types of the BN-free (``bf``) network, as a diagram.
 
     Left a normal block, right a reduction block (stride-2 3×3 conv,
-    average-pooled shortcut, two 1×1 convs concatenated to 2C channels).
+    average-pooled shortcut, two 1×1 convs concatenated to 2C channels);
+    block 1 doubles its channels like the right drawing but with stride 1
+    and ``x`` itself as the first shortcut, as its panel title says.
     Binary operations (±1 inputs) are orange, real-valued per-channel or
     elementwise ones blue. Drawn from the wiring of
     :class:`bnn_helpers.models.reactnet_a.ReActBlockA`; no model is built.

@@ -24,8 +24,8 @@ import yaml
 
 from .paths import repo_root
 
-__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "final_epoch", "collect_run",
-           "read_runs"]
+__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "final_epoch",
+           "collect_run", "read_runs"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -99,6 +99,19 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     ordered = summary.sort_values(["run", "step", "epoch"])
     grouped = ordered.groupby([*by, "step"])["val_top1"]
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
+
+
+def seed_table(runs: pd.DataFrame, by: str, value: str) -> pd.DataFrame:
+    """Mean, standard deviation over seeds, min and max of ``value`` per ``by`` group.
+
+    ``runs``: one row per run (e.g. columns estimator, seed, val_top1). The
+    standard deviation is the sample one (``ddof=1``), NaN for a group with one
+    run; groups keep their order of first appearance.
+    """
+    grouped = runs.groupby(by, sort=False)[value]
+    table = grouped.agg(["mean", "min", "max"])
+    table.insert(1, "std", grouped.std(ddof=1))
+    return table
 
 
 def final_epoch(run_dir: str | Path) -> dict:
