@@ -551,6 +551,8 @@ def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.nda
     limit = max(2.0, largest * 1.05)
     edges = np.concatenate([-np.geomspace(limit, 1, bins // 3 + 1), np.linspace(-1, 1, bins // 3 + 1)[1:-1],
                             np.geomspace(1, limit, bins // 3 + 1)])
+    decades = 10.0 ** np.arange(0, math.floor(math.log10(limit)) + 1)
+    ticks = np.concatenate([-decades[::-1], [0.0], decades])
     fig, axes = plt.subplots(len(labels), len(blocks), figsize=(2.6 * len(blocks), 2.1 * len(labels)),
                              squeeze=False, sharex=True, constrained_layout=True)
     for row, (label, color) in enumerate(zip(labels, _label_colors(labels))):
@@ -559,6 +561,7 @@ def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.nda
             ax.axvspan(-1, 1, color="0.9", zorder=0)
             ax.hist(u, bins=edges, weights=np.full(u.size, 1.0 / u.size), color=color)
             ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.axvline(0, color="0.4", linewidth=0.8)
             inside, positive = float(np.mean(np.abs(u) < 1)), float(np.mean(u > 0))
             ax.set_title(f"{label}, {block}\n{inside:.0%} in window, {positive:.0%} > 0", fontsize="small")
