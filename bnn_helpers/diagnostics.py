@@ -1,7 +1,8 @@
 """Diagnostics of binary networks: signal propagation, weight statistics, flips.
 
 Works on any model that exposes ``model.stem``, ``model.blocks`` (ordered) and
-``model.head``, as every network of :mod:`bnn_helpers.models` does.
+``model.head``, as every network of :mod:`bnn_helpers.models` does;
+:func:`signal_propagation` also takes a plain list of blocks (a toy stack).
 
 Signal propagation (Brock et al. 2021, arXiv 2101.08692; docs/reference.md §8)
     :func:`signal_propagation` -> one row per stem / block / head with
@@ -11,7 +12,9 @@ Signal propagation (Brock et al. 2021, arXiv 2101.08692; docs/reference.md §8)
     outputs of every sign in the block. The head row holds the logits, whose
     ``avg_var`` is the variance across inputs (:func:`logit_variance`).
     :func:`readable_signal_table` prints one with readable column names;
-    :func:`signal_summary` condenses several into the numbers compared.
+    :func:`block_input_variance` gives the variance entering each block, and
+    :func:`signal_summary` condenses several tables into the numbers compared
+    (stream, logits, share of +1 signs, bits per sign, gradient window).
 
 Accuracy
     :func:`top1_accuracy` on in-memory tensors, in eval mode (running BN statistics)
@@ -53,7 +56,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -74,6 +77,8 @@ __all__ = [
     "signal_propagation",
     "SIGNAL_COLUMN_NAMES",
     "readable_signal_table",
+    "block_input_variance",
+    "sign_entropy_bits",
     "signal_summary",
     "logit_variance",
     "batch_coupling",
@@ -112,6 +117,17 @@ def _check_model(model: nn.Module) -> None:
     if missing:
         raise TypeError(f"{type(model).__name__} lacks {', '.join(missing)}; the diagnostics need "
                         "a model with .stem, .blocks and .head (see bnn_helpers.create_model)")
+
+
+class _Stack(nn.Module):
+    """A plain list of blocks in the stem / blocks / head layout (identity stem and head)."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.stem, self.blocks, self.head = nn.Identity(), nn.Sequential(*blocks), nn.Identity()
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
 
 
 def _per_channel(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,8 +171,13 @@ def _branch_norms(block: nn.Module) -> dict[str, list[nn.Module]]:
 # --------------------------------------------------------------------------
 # signal propagation
 # --------------------------------------------------------------------------
-def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
+def signal_propagation(model: nn.Module | Sequence[nn.Module], x: torch.Tensor) -> pd.DataFrame:
     """Signal-propagation table of ``model`` on the batch ``x``.
+
+    ``model`` is a network with ``stem``, ``blocks`` and ``head``, or a plain
+    list (or ``nn.ModuleList``) of blocks applied one after the other: then the
+    rows are ``input`` (the statistics of ``x`` itself), ``block1`` ...
+    ``blockN``, and there is no head row.
 
     Rows: ``stem``, ``block1`` ... ``blockN``, ``head`` (the logits). Columns:
     ``position`` (0 = stem), ``name``, ``channels``, ``height``, ``width``,
@@ -173,6 +194,14 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     normalizes with the statistics of ``x``. BN running statistics touched by
     a train-mode forward are restored afterwards, and every hook is removed.
     """
+    if isinstance(model, (list, tuple, nn.ModuleList)):
+        if not len(model) or not all(isinstance(m, nn.Module) for m in model):
+            raise TypeError("signal_propagation needs a non-empty list of modules (the blocks) "
+                            "or a model with .stem, .blocks and .head")
+        table = signal_propagation(_Stack(list(model)), x)
+        table = table[table["name"] != "head"].reset_index(drop=True)
+        table.loc[0, "name"] = "input"
+        return table
     model = unwrap(model)
     _check_model(model)
     if not isinstance(x, torch.Tensor):
@@ -258,6 +287,31 @@ def readable_signal_table(table: pd.DataFrame, rows: Iterable[str] | None = None
     return view if rows is None else view.loc[list(rows)]
 
 
+def block_input_variance(table: pd.DataFrame) -> pd.Series:
+    """The variance entering each block: ``avg_var`` of the row before it, indexed by block name.
+
+    ``table`` is a :func:`signal_propagation` table; block ``l``'s input is the
+    output of the stem (or of the input, for a list of blocks) when ``l = 1``,
+    and of block ``l − 1`` after that. This is what NF-ResNets' ``β_l²`` predicts.
+    """
+    by_name = table.set_index("name")["avg_var"]
+    blocks = [n for n in by_name.index if str(n).startswith("block")]
+    return by_name.shift(1).loc[blocks].rename("input_var")
+
+
+def sign_entropy_bits(p) -> np.ndarray | float:
+    """Information carried by one sign that is +1 with probability ``p``, in bits.
+
+    ``H(p) = −p·log2(p) − (1 − p)·log2(1 − p)``: 1 bit for a balanced sign
+    (``p = 1/2``), 0 for a sign that is always the same. Works elementwise on arrays.
+    """
+    q = np.clip(np.asarray(p, dtype=float), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = -(np.where(q > 0, q * np.log2(q), 0.0) + np.where(q < 1, (1 - q) * np.log2(1 - q), 0.0))
+    bits = bits + 0.0                    # -0.0 (a certain sign) prints as 0
+    return float(bits) if bits.ndim == 0 else bits
+
+
 def signal_summary(tables: Mapping, names: Iterable[str] | None = None,
                    first_block: int = 3) -> pd.DataFrame:
     """The numbers the notebooks compare, one row per :func:`signal_propagation` table.
@@ -266,26 +320,49 @@ def signal_summary(tables: Mapping, names: Iterable[str] | None = None,
     named by ``names`` (e.g. ``("input", "mode")``). Columns:
 
     * ``last block mean²``, ``last block variance`` and ``max block mean²`` (over the blocks);
-    * ``last block share +1 (sign 2)`` and ``min share +1, sign 2, blocks 3+`` (the
-      smallest share of +1 at the blocks' second signs from block ``first_block`` on;
-      1 means every one of them outputs only +1), NaN without ``sign_balance2``;
-    * ``logit mean²`` and ``logit variance across inputs`` (the head row), and
-      ``logit var / mean²``: the variance across inputs relative to the logits'
-      size, which compares networks whose logits differ in scale.
+    * ``last block share +1 (sign 2)`` and ``min share +1, sign 2, blocks {first_block}+``
+      (the smallest share of +1 at the blocks' second signs from block ``first_block``
+      on; 1 means every one of them outputs only +1), NaN without ``sign_balance2``;
+    * ``+1 share min``, ``+1 share mean``, ``+1 share max``: over every sign of blocks
+      ``first_block`` and later, and ``bits per sign``: :func:`sign_entropy_bits` at
+      that mean share;
+    * ``STE window share``: mean over every sign of the network of the share of its
+      inputs inside the gradient window ``|x + b| < 1``;
+    * ``logit mean²`` and ``logit variance across inputs`` (the head row),
+      ``logit var / mean²`` (the variance across inputs relative to the logits'
+      size, which compares networks whose logits differ in scale) and
+      ``logit var / last block var`` (relative to the variance the head was fed).
     """
     rows = []
     for key, table in tables.items():
-        blocks = table[table["name"].str.startswith("block")]
-        head = table.set_index("name").loc["head"]
-        signs = blocks["sign_balance2"] if "sign_balance2" in blocks else pd.Series(np.nan, index=blocks.index)
-        rows.append({"last block mean²": float(blocks["avg_sq_mean"].iloc[-1]),
-                     "last block variance": float(blocks["avg_var"].iloc[-1]),
-                     "max block mean²": float(blocks["avg_sq_mean"].max()),
-                     "last block share +1 (sign 2)": float(signs.iloc[-1]),
-                     "min share +1, sign 2, blocks 3+": float(signs.iloc[first_block - 1:].min()),
+        by_name = table.set_index("name")
+        blocks = [n for n in by_name.index if str(n).startswith("block")]
+        if not blocks or "head" not in by_name.index:
+            raise ValueError("signal_summary needs tables with block rows and a head row "
+                             f"(from signal_propagation); {key!r} has neither or no head")
+        block_rows, head = by_name.loc[blocks], by_name.loc["head"]
+        later = block_rows.iloc[first_block - 1:]
+        second = (block_rows["sign_balance2"] if "sign_balance2" in block_rows
+                  else pd.Series(np.nan, index=block_rows.index))
+        shares = later.filter(regex=r"^sign_balance\d+$").to_numpy(dtype=float)
+        shares = shares[np.isfinite(shares)]
+        windows = by_name.filter(regex=r"^sign_window\d+$").to_numpy(dtype=float)
+        mean_share = float(shares.mean()) if shares.size else float("nan")
+        rows.append({"last block mean²": float(block_rows["avg_sq_mean"].iloc[-1]),
+                     "last block variance": float(block_rows["avg_var"].iloc[-1]),
+                     "max block mean²": float(block_rows["avg_sq_mean"].max()),
+                     "last block share +1 (sign 2)": float(second.iloc[-1]),
+                     f"min share +1, sign 2, blocks {first_block}+": float(second.iloc[first_block - 1:].min()),
+                     "+1 share min": float(shares.min()) if shares.size else float("nan"),
+                     "+1 share mean": mean_share,
+                     "+1 share max": float(shares.max()) if shares.size else float("nan"),
+                     "bits per sign": sign_entropy_bits(mean_share),
+                     "STE window share": (float(np.nanmean(windows)) if np.isfinite(windows).any()
+                                          else float("nan")),
                      "logit mean²": float(head["avg_sq_mean"]),
                      "logit variance across inputs": float(head["avg_var"]),
-                     "logit var / mean²": float(head["avg_var"] / head["avg_sq_mean"])})
+                     "logit var / mean²": float(head["avg_var"] / head["avg_sq_mean"]),
+                     "logit var / last block var": float(head["avg_var"] / block_rows["avg_var"].iloc[-1])})
     keys = list(tables)
     index = (pd.MultiIndex.from_tuples(keys, names=list(names) if names else None)
              if keys and all(isinstance(k, tuple) for k in keys) else pd.Index(keys, name=None))
@@ -587,35 +664,46 @@ def count_sign_ties(model: nn.Module, images: torch.Tensor) -> dict:
     return counts
 
 
-def _parameter_kind(name: str, p: torch.Tensor, classifier_ids: set) -> str:
+def _parameter_kind(name: str, p: torch.Tensor, classifier_ids: set, prelu_ids: set) -> str:
     if id(p) in classifier_ids:
         return "classifier"
     if name.startswith("stem"):
         return "stem"
     if name.endswith(".gain"):
         return "WS gains"
+    if id(p) in prelu_ids:
+        return "PReLU slopes"
     if p.ndim >= 2 and name.endswith("weight"):
         return "block conv weights" if name.startswith("blocks") else "other weights"
-    return "biases, PReLU slopes"
+    if name.endswith("bias"):
+        return "biases and shifts"
+    return "other parameters"
 
 
 def unitwise_ratios(model: nn.Module, eps: float = 1e-3) -> pd.DataFrame:
     """AGC's ratio ``|G_unit| / max(|W_unit|, eps)`` for every unit of every parameter with a gradient.
 
-    One row per unit: ``name`` (parameter), ``kind`` (classifier, stem, block conv
-    weights, WS gains, biases / PReLU slopes, or other weights) and ``ratio``. Units are timm's
-    (``unitwise_norm``: one per output channel; a whole tensor for 0-D/1-D
-    parameters). AGC with clip factor λ rescales exactly the units whose ratio
-    exceeds λ. Reads the gradients, changes nothing.
+    One row per unit: ``name`` (parameter), ``kind`` and ``ratio``. Kinds:
+    ``classifier``, ``stem``, ``block conv weights`` (``other weights`` outside
+    the blocks), ``WS gains``, ``PReLU slopes`` (the weights of ``nn.PReLU``),
+    ``biases and shifts`` (every ``*bias``: in the BN-free ReActNet-A the RSign
+    and RPReLU shifts, which start at 0) and ``other parameters``.
+    Units are timm's (``unitwise_norm``: one per slice along dim 0 of a tensor
+    with 2 or more dims; the whole tensor for 0-D/1-D parameters). So a WS gain
+    of shape ``(C, 1, 1, 1)`` gives C one-element units, while a shift of shape
+    ``(1, C, 1, 1)`` or a PReLU slope of shape ``(C,)`` is one unit.
+    AGC with clip factor λ rescales exactly the units whose ratio exceeds λ.
+    Reads the gradients, changes nothing.
     """
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     classifier_ids = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
+    prelu_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.PReLU)}
     rows = []
     for name, p in model.named_parameters():
         if p.grad is None:
             continue
         ratio = unitwise_norm(p.grad.detach().float()) / unitwise_norm(p.detach().float()).clamp(min=eps)
-        kind = _parameter_kind(name, p, classifier_ids)
+        kind = _parameter_kind(name, p, classifier_ids, prelu_ids)
         rows += [{"name": name, "kind": kind, "ratio": float(r)} for r in ratio.flatten()]
     return pd.DataFrame(rows, columns=["name", "kind", "ratio"])
 

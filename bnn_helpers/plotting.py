@@ -435,36 +435,48 @@ _STATS_PANELS = [("flip_ratio", "Flip ratio", "share of weight signs flipped per
                  ("agc_clip_share", "AGC clipped share", "share of units clipped", False)]
 
 
-def plot_training_stats(run_dirs, title: str | None = None):
+def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
     x = optimizer steps, continued across training steps 1 and 2. The flip
     ratio (share of the latent weights whose sign changed: the binary weights'
-    flips in step 2) is on a log scale. One legend, right of the panels.
+    flips in step 2) is on a log scale. ``columns`` draws only those panels
+    (``"flip_ratio"``, ``"weight_sign_balance"``, ``"act_sign_balance"``,
+    ``"agc_clip_share"``; default all four). One legend for all panels: right
+    of them, or below a single panel, whose title is the figure's.
     """
-    columns = ["step", "optimizer_step"] + [c for c, *_ in _STATS_PANELS]
-    fig, axes = _figure(len(_STATS_PANELS), ncols=2)
+    known = [c for c, *_ in _STATS_PANELS]
+    unknown = set(columns or ()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown stats column(s) {sorted(unknown)}; choose from {known}")
+    panels = [p for p in _STATS_PANELS if columns is None or p[0] in columns]
+    fig, axes = _figure(len(panels), ncols=min(len(panels), 2))
     runs = _runs(run_dirs)
     boundaries = set()
     for (label, run), color in zip(runs.items(), _label_colors(runs)):
-        table = _read(run, "stats.csv", columns)
+        table = _read(run, "stats.csv", ["step", "optimizer_step"] + [c for c, *_ in panels])
         table, dividers = _with_progress(table, "optimizer_step")
         boundaries.update(dividers)
-        for ax, (column, _, _, log) in zip(axes, _STATS_PANELS):
+        for ax, (column, _, _, log) in zip(axes, panels):
             values = table[column].to_numpy(dtype=float)
             if log:
                 values = np.where(values > 0, values, np.nan)
             ax.plot(table["x"], values, color=color, label=label)
-    for ax, (_, name, ylabel, log) in zip(axes, _STATS_PANELS):
+    for ax, (_, name, ylabel, log) in zip(axes, panels):
         if log:
             ax.set_yscale("log")
         xlabel = "optimizer steps (step 2 after the dashed line)" if boundaries else "optimizer steps"
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
-        ax.get_legend().remove()          # one legend for all four panels, clear of the curves
+        ax.get_legend().remove()          # one legend for all panels, clear of the curves
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
-    fig.suptitle(title or "Training statistics")
+    if len(panels) == 1:               # one title (the figure's), the legend below the panel
+        axes[0].set_title("")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 3))
+        fig.suptitle(title or panels[0][1])
+    else:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
+        fig.suptitle(title or "Training statistics")
     return fig
 
 
@@ -586,23 +598,80 @@ def _label_panel(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend(fontsize="x-small")
 
 
-def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]],
+PREDICTION_COLUMNS = ["panel", "prediction", "series", "x", "predicted", "measured", "ratio"]
+
+
+def prediction_table(x, predicted, measured: Mapping[str, object], panel: str = "",
+                     prediction: str = "predicted") -> pd.DataFrame:
+    """A prediction and the measurements it should match, as one tidy table.
+
+    ``x``: positions (e.g. block indices); ``predicted``: the predicted value at
+    each position; ``measured``: ``{series label: values at the same positions}``.
+    One row per series and position, columns ``panel`` (the figure panel it
+    belongs to), ``prediction`` (the prediction's label), ``series``, ``x``,
+    ``predicted``, ``measured`` and ``ratio`` = measured / predicted. Tables of
+    several panels concatenate (``pd.concat``) into the input of
+    :func:`plot_predicted_vs_measured`.
+    """
+    x = np.asarray(x)
+    predicted = np.asarray(predicted, dtype=float)
+    if predicted.shape != x.shape:
+        raise ValueError(f"predicted has shape {predicted.shape}, x has {x.shape}")
+    if not measured:
+        raise ValueError("prediction_table needs at least one measured series: {label: values}")
+    frames = []
+    for label, values in measured.items():
+        values = np.asarray(values, dtype=float)
+        if values.shape != x.shape:
+            raise ValueError(f"measured series {label!r} has shape {values.shape}, x has {x.shape}")
+        frames.append(pd.DataFrame({"panel": panel, "prediction": prediction, "series": label, "x": x,
+                                    "predicted": predicted, "measured": values, "ratio": values / predicted}))
+    return pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS]
+
+
+def _panels_from_table(table: pd.DataFrame) -> dict:
+    """:func:`prediction_table` rows -> ``{panel: {"predicted": {...}, "measured": {...}}}``."""
+    missing = set(PREDICTION_COLUMNS[:-1]) - set(table.columns)
+    if missing:
+        raise ValueError(f"the table lacks columns {sorted(missing)}; build it with prediction_table(...)")
+    panels = {}
+    for name, rows in table.groupby("panel", sort=False):
+        panel = panels.setdefault(name, {"predicted": {}, "measured": {}})
+        for label, series in rows.groupby("series", sort=False):
+            panel["measured"][label] = (series["x"].to_numpy(), series["measured"].to_numpy())
+        for label, series in rows.groupby("prediction", sort=False):
+            first = series.drop_duplicates("x")
+            panel["predicted"][label] = (first["x"].to_numpy(), first["predicted"].to_numpy())
+    return panels
+
+
+def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]] | pd.DataFrame,
                                xlabel: str, ylabel: str, title: str | None = None,
-                               log: bool | Mapping[str, bool] = True):
+                               log: bool | Mapping[str, bool] = True, legend: str = "panels"):
     """One panel per entry of ``panels``: predictions as dark dashed lines, measurements as coloured markers.
 
-    ``panels``: ``{panel title: {"predicted": {label: (x, y)}, "measured": {label: (x, y)}}}``.
+    ``panels``: a :func:`prediction_table` (one panel per value of its ``panel``
+    column), or ``{panel title: {"predicted": {label: (x, y)}, "measured": {label: (x, y)}}}``.
     Predictions are drawn *above* the measurements (thick, dark, no markers,
     one dash pattern each), so a measurement that lies on its prediction
     does not hide it; measurements are coloured lines with markers. The x axis
     gets integer ticks; ``log`` puts y on a log scale (a bool for every panel,
     or ``{panel title: bool}``, default True). Colours are shared across
-    panels by label.
+    panels by label. ``legend="panels"`` gives every panel its own legend;
+    ``legend="figure"`` draws one legend for all panels, below them (each
+    prediction label then keeps one dash pattern across panels): in one row
+    when panels share labels, else one column per panel, in panel order.
     """
+    if isinstance(panels, pd.DataFrame):
+        panels = _panels_from_table(panels)
     if not panels:
         raise ValueError("plot_predicted_vs_measured needs at least one panel")
+    if legend not in ("panels", "figure"):
+        raise ValueError(f"legend must be 'panels' or 'figure', got {legend!r}")
     measured_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("measured", {})))
     colors = dict(zip(measured_labels, _colors(len(measured_labels))))
+    predicted_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("predicted", {})))
+    shared_dashes = dict(zip(predicted_labels, _PREDICTION_DASHES * (len(predicted_labels) // 4 + 1)))
     fig, axes = _figure(len(panels))
     for ax, (name, panel) in zip(axes, panels.items()):
         unknown = set(panel) - {"predicted", "measured"}
@@ -612,10 +681,22 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
             ax.plot(x, y, color=colors[label], marker="o", markersize=4, linewidth=1.4, alpha=0.9,
                     label=label, zorder=2)
         for (label, (x, y)), dash in zip(panel.get("predicted", {}).items(), _PREDICTION_DASHES * 4):
+            dash = shared_dashes[label] if legend == "figure" else dash
             ax.plot(x, y, color="0.1", linestyle=dash, linewidth=2.2, label=label, zorder=3)
         if log.get(name, True) if isinstance(log, Mapping) else log:
             ax.set_yscale("log")
         _label_panel(ax, xlabel, ylabel, name)
+    if legend == "figure":
+        handles = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+            ax.get_legend().remove()
+        per_panel = [set(p.get("measured", {})) | set(p.get("predicted", {})) for p in panels.values()]
+        shared = len(set().union(*per_panel)) < sum(len(labels) for labels in per_panel)
+        # shared labels: one row (up to 4 columns); each panel its own labels: one column per panel, in order
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center",
+                   ncols=min(len(handles), 4) if shared else len(panels))
     if title:
         fig.suptitle(title)
     return fig
@@ -688,7 +769,7 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
     return fig
 
 
-__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
+__all__ += ["prediction_table", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 
 # --------------------------------------------------------------------------

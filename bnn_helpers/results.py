@@ -25,6 +25,7 @@ import yaml
 from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "final_epoch",
+           "outcomes_table",
            "collect_run", "read_runs"]
 
 # Sets the repository ships, and the file every run of the set must have.
@@ -130,6 +131,34 @@ def final_epoch(run_dir: str | Path) -> dict:
     share = summary["agc_clip_share"].mean() if "agc_clip_share" in summary else float("nan")
     return {"epochs done": len(summary), "final train loss": float(last.get("train_loss", float("nan"))),
             "final val top-1 %": float(last.get("val_top1", float("nan"))), "mean clipped share": float(share)}
+
+
+def outcomes_table(runs: Mapping, keys=("setting",)) -> pd.DataFrame:
+    """One row per training run: its key, how it ended, and its :func:`final_epoch`.
+
+    ``runs``: ``{key: outcome}`` with outcomes of
+    :func:`bnn_helpers.train.run_or_load_outcome` (``run_dir``, ``diverged``,
+    ``message``); a tuple key is spread over the columns named by ``keys``.
+    Key parts are written as text, so that they index a pivot: numbers with
+    ``:g``, ``None`` as ``"off"``. Columns: the keys, ``outcome`` ("finished" or
+    "diverged"), ``stopped at`` (where a diverged run stopped, else ""), the
+    columns of :func:`final_epoch`, and ``run_dir``.
+    """
+    if not runs:
+        raise ValueError("outcomes_table needs at least one run: {key: outcome}")
+
+    def text(value):
+        return "off" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+    rows = []
+    for key, (run_dir, diverged, message) in runs.items():
+        values = key if isinstance(key, tuple) else (key,)
+        if len(values) != len(keys):
+            raise ValueError(f"key {key!r} does not match the column names {tuple(keys)!r}")
+        rows.append({**{k: text(v) for k, v in zip(keys, values)},
+                     "outcome": "diverged" if diverged else "finished", "stopped at": message if diverged else "",
+                     **final_epoch(run_dir), "run_dir": Path(run_dir)})
+    return pd.DataFrame(rows)
 
 
 def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep",
