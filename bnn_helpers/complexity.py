@@ -39,7 +39,7 @@ Usage::
 
 :func:`inference_op_table` counts, per block, the real-valued operations a step-2
 network does at inference before and after :func:`bnn_helpers.deploy.pack` folds
-its constants.
+its constants; :func:`op_difference` subtracts two networks' counts part by part.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ from .models.reactnet_18 import ReActNet18
 from .models.reactnet_a import ReActBlockA, ReActNetA
 
 __all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table", "published_comparison",
-           "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "OP_KINDS", "size_table"]
+           "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "op_difference", "OP_KINDS",
+           "size_table"]
 
 BITS_PER_REAL = 32
 _COUNTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -417,6 +418,27 @@ def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFra
     df["real_ops"] = df[list(OP_KINDS)].sum(axis=1)
     df.insert(0, "norm", model.norm_mode)
     return df
+
+
+def op_difference(ops: pd.DataFrame, minuend: str = "bn", subtrahend: str = "bf",
+                  stage: str = "folded") -> pd.DataFrame:
+    """Per part and kind of operation, ``minuend``'s count minus ``subtrahend``'s at ``stage``.
+
+    ``ops``: :func:`inference_op_table` of both networks, concatenated (column
+    ``norm`` tells them apart). Index = part (stem, block1, ..., head, in table
+    order), columns = ``bops``, the :data:`OP_KINDS` and ``real_ops``. A row of
+    zeros means the two networks do the same operations in that part.
+    """
+    columns = ["bops", *OP_KINDS, "real_ops"]
+    sides = []
+    for norm in (minuend, subtrahend):
+        part = ops[(ops["norm"] == norm) & (ops["stage"] == stage)]
+        if part.empty:
+            raise ValueError(f"ops has no rows for norm={norm!r}, stage={stage!r}")
+        sides.append(part.set_index("part")[columns])
+    if list(sides[0].index) != list(sides[1].index):
+        raise ValueError("the two networks have different parts; compare the same architecture")
+    return sides[0] - sides[1]
 
 
 def size_table(nets: dict, packs: dict, resolution: int, label: str) -> pd.DataFrame:

@@ -38,7 +38,8 @@ Inference
     :func:`count_sign_ties` — RSign outputs exactly on their threshold;
     :func:`binary_conv_io` — what every binary conv of a float model and of its
     packed copy (:func:`bnn_helpers.deploy.pack`) receives and computes;
-    :func:`compare_packed` — the checks that the packed copy is the same network.
+    :func:`compare_packed` — the checks that the packed copy is the same network;
+    :func:`describe_flips` — its sign flips, in words.
 
 Signs
     :func:`sign_shares` — shares of +1, 0 and −1 after ``sign`` (``sign(0) = 0``).
@@ -82,6 +83,7 @@ __all__ = [
     "signal_summary",
     "logit_variance",
     "batch_coupling",
+    "train_mode_dependence",
     "top1_accuracy",
     "top2_margin",
     "compare_predictions",
@@ -104,6 +106,7 @@ __all__ = [
     "sign_inputs",
     "binary_conv_io",
     "compare_packed",
+    "describe_flips",
     "signal_at_init_and_trained",
     "logits_in_batches",
 ]
@@ -388,6 +391,29 @@ def batch_coupling(model: nn.Module, sample: torch.Tensor, companions_a: torch.T
         a = model(torch.cat([sample, companions_a]))[0]
         b = model(sample if companions_b is None else torch.cat([sample, companions_b]))[0]
     return float((a - b).norm() / a.norm())
+
+
+def train_mode_dependence(model: nn.Module, batch: torch.Tensor, companions: torch.Tensor) -> dict[str, float]:
+    """What a network's train mode changes, on one batch: the two costs of batch statistics.
+
+    ``"train vs eval mode"``: the largest relative change ``‖l_train − l_eval‖ / ‖l_eval‖``
+    of one input's logits over ``batch`` when the whole batch runs in train mode
+    instead of eval mode. ``"batch coupling (train mode)"``: :func:`batch_coupling`
+    in train mode of ``batch[0]`` in front of ``batch[1:]`` versus in front of
+    ``companions[:len(batch) - 1]``. Both are 0 (up to float32 rounding) for a
+    network without BatchNorm. Runs on copies: ``model`` and its running statistics
+    are not touched.
+    """
+    if len(batch) < 2 or len(companions) < len(batch) - 1:
+        raise ValueError("give a batch of at least 2 inputs and at least len(batch) - 1 companions")
+    trained = copy.deepcopy(unwrap(model)).train()
+    with torch.no_grad():
+        eval_logits = copy.deepcopy(trained).eval()(batch)
+        train_logits = copy.deepcopy(trained)(batch)
+    gap = (train_logits - eval_logits).norm(dim=1) / eval_logits.norm(dim=1)
+    return {"train vs eval mode": float(gap.max()),
+            "batch coupling (train mode)": batch_coupling(trained, batch[:1], batch[1:],
+                                                          companions[:len(batch) - 1])}
 
 
 def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
@@ -819,7 +845,8 @@ def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, la
 
     Per binary conv and image: (1) the packed XOR-popcount result equals the
     integer convolution ``F.conv2d(±1/0 input, ±1 weights)`` exactly; (2) the
-    float conv output divided by its per-channel magnitude ``c`` rounds to the
+    float conv output divided by its per-channel magnitude ``ā`` (every entry of
+    the effective weight ``ā·sign(ŵ)`` has magnitude ``ā``) rounds to the
     integer conv of its own input; (3) signs that differ between the two
     networks (*flips*) are counted per image. Predictions are compared only
     where rounding cannot decide them: top-2 margin above twice
@@ -860,9 +887,35 @@ def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, la
            "top-1 tolerance %": 100 * int((~decided).sum()) / n,
            "top-1 float %": 100 * int(top1_hits(logits_f, labels)) / n,
            "top-1 packed %": 100 * int(top1_hits(logits_p, labels)) / n,
-           "integer results wrong": int_wrong, "float conv / c off-integer": off_integer,
+           "integer results wrong": int_wrong, "float conv / ā off-integer": off_integer,
            "sign outputs": n_signs, "sign flips": int(flips.sum()),
            "digits with a flip": int((~clean).sum()),
            "max rel. logit diff (no flip)": float(rel_err[clean].max()) if clean.any() else math.nan,
            "max rel. logit diff (all)": float(rel_err.max())}
     return row, {"flips": flips, "rel_err": rel_err, "logits_f": logits_f, "logits_p": logits_p}
+
+
+def describe_flips(per_image: Mapping[str, torch.Tensor], logit_rtol: float = 1e-5, show: int = 5) -> str:
+    """One paragraph on the sign flips of :func:`compare_packed` (its ``per_image`` result).
+
+    Says how many signs flipped and in how many images (those are left out of the
+    comparisons), how close the logits of the other images came (as a fraction of
+    the logit scale, against ``logit_rtol``), and for up to ``show`` images with a
+    flip how far their logits moved and whether their prediction stayed the same.
+    """
+    flips, rel_err = per_image["flips"], per_image["rel_err"]
+    clean = flips == 0
+    if clean.all():
+        lines = [f"no sign flipped: all {len(flips)} images entered every comparison"]
+    else:
+        lines = [f"{int(flips.sum())} sign(s) flipped, in {int((~clean).sum())} image(s): "
+                 "left out of the comparisons"]
+    if clean.any():
+        lines[0] += (f"; the logits of the images without a flip agree to {float(rel_err[clean].max()):.1e} "
+                     f"of the logit scale (tolerance {logit_rtol:g})")
+    preds_f, preds_p = per_image["logits_f"].argmax(1), per_image["logits_p"].argmax(1)
+    for i in torch.nonzero(~clean).flatten().tolist()[:show]:
+        same = "the same prediction" if preds_f[i] == preds_p[i] else "different predictions"
+        lines.append(f"    image {i}: {int(flips[i])} sign(s) flipped -> logits differ by {float(rel_err[i]):.1e} "
+                     f"of the scale; {same} ({int(preds_f[i])} float, {int(preds_p[i])} packed)")
+    return "\n".join(lines)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -336,7 +335,8 @@ def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list
     return pd.concat(parts, ignore_index=True), dividers
 
 
-def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None):
+def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None,
+                         loss_band: float | None = None):
     """Top-1 and loss per epoch (train dotted with × markers, on top; validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
@@ -345,7 +345,11 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     of guessing (100 / classes, in %), drawn as a labelled line on the accuracy
     panel so a run near it reads as "learned nothing (yet)", and the
     cross-entropy of a uniform guess, ln(100 / chance), on the loss panel.
+    ``loss_band`` (needs ``chance``): zoom the loss panel to ln(100 / chance) ±
+    ``loss_band`` nats, for a run expected to stay at chance.
     """
+    if loss_band is not None and (chance is None or loss_band <= 0):
+        raise ValueError("loss_band needs chance and a positive width (nats)")
     columns = ["epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1"]
     fig, (ax_acc, ax_loss) = _figure(2)
     runs = _runs(run_dirs)
@@ -378,6 +382,10 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
             ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.1)
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if loss_band is not None:
+        uniform = math.log(100 / chance)
+        ax_loss.set(ylim=(uniform - loss_band, uniform + loss_band),
+                    title=f"Loss (zoomed to ln {100 / chance:g} ± {loss_band:g} nats)")
     fig.suptitle(title or "Training curves")
     return fig
 
@@ -433,6 +441,9 @@ _STATS_PANELS = [("flip_ratio", "Flip ratio", "share of weight signs flipped per
                  ("weight_sign_balance", "Weight sign balance", "share of +1 weights", False),
                  ("act_sign_balance", "Activation sign balance", "share of +1 activations", False),
                  ("agc_clip_share", "AGC clipped share", "share of units clipped", False)]
+#: The sign-balance panels span at least this much of the [0, 1] share axis, so a balance
+#: that moves by 10⁻⁴ draws as the flat line it is, not as a dramatic curve.
+_MIN_BALANCE_SPAN = 0.02
 
 
 def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None):
@@ -443,8 +454,12 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     ratio (share of the latent weights whose sign changed: the binary weights'
     flips in step 2) is on a log scale. ``columns`` draws only those panels
     (``"flip_ratio"``, ``"weight_sign_balance"``, ``"act_sign_balance"``,
-    ``"agc_clip_share"``; default all four). One legend for all panels: right
-    of them, or below a single panel, whose title is the figure's.
+    ``"agc_clip_share"``; default all four). The sign-balance panels span at
+    least ``_MIN_BALANCE_SPAN`` (0.02) of their axis; all panels share the x
+    axis and its ticks. One legend for all panels: right of them, or below a
+    single panel, whose title is the figure's. A NaN in ``stats.csv`` (the
+    activation balance of the first recorded step of each training step)
+    leaves a gap.
     """
     known = [c for c, *_ in _STATS_PANELS]
     unknown = set(columns or ()) - set(known)
@@ -452,6 +467,8 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
         raise ValueError(f"unknown stats column(s) {sorted(unknown)}; choose from {known}")
     panels = [p for p in _STATS_PANELS if columns is None or p[0] in columns]
     fig, axes = _figure(len(panels), ncols=min(len(panels), 2))
+    for ax in axes[1:]:
+        ax.sharex(axes[0])
     runs = _runs(run_dirs)
     boundaries = set()
     for (label, run), color in zip(runs.items(), _label_colors(runs)):
@@ -463,9 +480,14 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
             if log:
                 values = np.where(values > 0, values, np.nan)
             ax.plot(table["x"], values, color=color, label=label)
-    for ax, (_, name, ylabel, log) in zip(axes, panels):
+    for ax, (column, name, ylabel, log) in zip(axes, panels):
         if log:
             ax.set_yscale("log")
+        if column.endswith("sign_balance"):
+            low, high = ax.get_ylim()
+            if high - low < _MIN_BALANCE_SPAN:
+                middle = (low + high) / 2
+                ax.set_ylim(middle - _MIN_BALANCE_SPAN / 2, middle + _MIN_BALANCE_SPAN / 2)
         xlabel = "optimizer steps (step 2 after the dashed line)" if boundaries else "optimizer steps"
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.get_legend().remove()          # one legend for all panels, clear of the curves
@@ -890,6 +912,20 @@ _SPEED_PATHS = {"float": "float simulation", "reference": "packed reference",
                 "native": "packed, native kernel"}
 
 
+def _wrap_at_commas(text: str, width: int) -> str:
+    """Break ``text`` into lines only after its commas, each line at most ``width``
+    characters where the pieces allow: "digits bf, batch 64" -> "digits bf,\nbatch 64"."""
+    lines = []
+    for piece in text.split(", "):
+        if lines and len(lines[-1]) + 2 + len(piece) <= width:
+            lines[-1] += ", " + piece
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(piece)
+    return "\n".join(lines)
+
+
 def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency: pd.DataFrame,
                             ops_network: str = "ReActNet-A", title: str | None = None):
     """Three panels: model size, real-valued operations per block, inference speed.
@@ -908,16 +944,19 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     plain_numbers = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 10, not 10^1
 
     ax = axes[0]
-    labels = [("digits" if m.startswith("digits") else "1000 cl.") + f"\n{n}"
-              for m, n in zip(sizes["model"], sizes["norm"])]
     xs = np.arange(len(sizes))
     ax.bar(xs - 0.2, sizes["float32 MB"], 0.4, label="float32 checkpoint", color=palette[0])
     ax.bar(xs + 0.2, sizes["packed MB"], 0.4, label="packed (bits + folded constants)", color=palette[1])
     for x, f, p in zip(xs, sizes["float32 MB"], sizes["packed MB"]):
         ax.text(x + 0.2, p * 1.15, f"{f / p:.0f}×", ha="center", fontsize="small")
-    ax.set(yscale="log", xticks=xs, xticklabels=labels, xlabel="model and normalization mode",
+    ax.set(yscale="log", xticks=xs, xticklabels=list(sizes["norm"]),
            ylabel="size (MB, log scale)", title="Model size: float32 checkpoint vs packed",
            ylim=(sizes["packed MB"].min() / 2, sizes["float32 MB"].max() * 8))
+    for model in dict.fromkeys(sizes["model"]):   # one label under the bars of each model, in full
+        ax.annotate(_wrap_at_commas(str(model), 20), xy=(xs[(sizes["model"] == model).to_numpy()].mean(), 0),
+                    xycoords=("data", "axes fraction"), xytext=(0, -22), textcoords="offset points",
+                    ha="center", va="top", fontsize="small")
+    ax.set_xlabel("normalization mode, under each model", labelpad=36)
 
     ax = axes[1]
     series = [("bn", "float", "bn, float simulation"), ("bn", "folded", "bn, folded"),
@@ -943,7 +982,7 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
         ax.bar(xs + (k - (len(paths) - 1) / 2) * width, latency[path], width, color=palette[k],
                label=_SPEED_PATHS[path])
     ms = latency[paths].to_numpy()
-    ax.set(xticks=xs, xticklabels=[textwrap.fill(str(n), 16) for n in latency.index], yscale="log",
+    ax.set(xticks=xs, xticklabels=[_wrap_at_commas(str(n), 16) for n in latency.index], yscale="log",
            ylim=(ms.min() / 2, ms.max() * 8), xlabel="network and batch",
            ylabel="CPU ms per image (one thread, log)", title="Inference speed")
     ax.legend(loc="upper right")
