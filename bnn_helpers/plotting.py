@@ -187,6 +187,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
                     linestyle=style, label=label)
     span = (min(names) - 0.6, max(names) + 0.6)
+    small = "stem" in names.values() or include_head or sign_column   # "stem" next to "1", "13" next to "head"
     for ax, (column, name, ylabel) in zip(axes, panels):
         if column == sign_column:
             ax.set_ylim(0, 1.04)
@@ -200,7 +201,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
         ticks = sorted(with_data[column])
         labels = ["stem" if names[p] == "stem" else "head" if names[p] == "head"
                   else names[p].replace("block", "") for p in ticks]
-        ax.set_xticks(ticks, labels, fontsize=8 if include_head or sign_column else None)  # "13", "head" fit
+        ax.set_xticks(ticks, labels, fontsize=8 if small else None)
         ax.set_xlim(*span)
         has = {names[p] for p in ticks}
         ax.set_xlabel("position (" + ", ".join(["stem"] * ("stem" in has) + ["block index"]
