@@ -39,7 +39,7 @@ Usage::
 
 :func:`inference_op_table` counts, per block, the real-valued operations a step-2
 network does at inference before and after :func:`bnn_helpers.deploy.pack` folds
-its constants.
+its constants; :func:`op_difference` subtracts two networks' counts part by part.
 """
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ from .layers import is_binary_conv
 from .models.reactnet_18 import ReActNet18
 from .models.reactnet_a import ReActBlockA, ReActNetA
 
-__all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table",
-           "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "OP_KINDS", "size_table"]
+__all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table", "published_comparison",
+           "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "op_difference", "OP_KINDS",
+           "size_table"]
 
 BITS_PER_REAL = 32
 _COUNTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -238,6 +239,32 @@ def stage_table(table: pd.DataFrame) -> pd.DataFrame:
     return stages
 
 
+# (row, column of complexity_table's total, unit power of ten the paper prints in; 0: exact)
+_PUBLISHED_UNITS = (("parameters", "params", 0), ("BOPs", "bops", 9), ("FLOPs", "flops", 8), ("OPs", "ops", 8))
+
+
+def published_comparison(total: pd.Series, published: dict) -> pd.DataFrame:
+    """Our counts next to published ones, ours rounded the way the paper prints them.
+
+    ``total``: the ``total`` row of :func:`complexity_table`; ``published``:
+    ``{"params": int, "bops": ..., "flops": ..., "ops": ...}``. ReActNet's table
+    gives parameters exactly, BOPs in units of 10⁹ and FLOPs / OPs in units of
+    10⁸, with two decimals. Rows parameters, BOPs, FLOPs, OPs; columns ``ours``
+    and ``published`` (printed strings) and ``match`` (equal at that precision).
+    """
+    ours = {"params": int(total["real_params"] + total["binary_params"]),
+            **{k: float(total[k]) for k in ("bops", "flops", "ops")}}
+    rows = {}
+    for row, key, power in _PUBLISHED_UNITS:
+        if power == 0:
+            rows[row] = (f"{ours[key]:,}", f"{int(published[key]):,}", ours[key] == int(published[key]))
+        else:
+            mine, theirs = round(ours[key] / 10 ** power, 2), round(published[key] / 10 ** power, 2)
+            sup = str(power).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+            rows[row] = (f"{mine:.2f}×10{sup}", f"{theirs:.2f}×10{sup}", mine == theirs)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["ours", "published", "match"])
+
+
 def _eng(value: float) -> str:
     """``4.82e9`` style for large counts, plain integers below 10 000."""
     if value == 0:
@@ -391,6 +418,27 @@ def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFra
     df["real_ops"] = df[list(OP_KINDS)].sum(axis=1)
     df.insert(0, "norm", model.norm_mode)
     return df
+
+
+def op_difference(ops: pd.DataFrame, minuend: str = "bn", subtrahend: str = "bf",
+                  stage: str = "folded") -> pd.DataFrame:
+    """Per part and kind of operation, ``minuend``'s count minus ``subtrahend``'s at ``stage``.
+
+    ``ops``: :func:`inference_op_table` of both networks, concatenated (column
+    ``norm`` tells them apart). Index = part (stem, block1, ..., head, in table
+    order), columns = ``bops``, the :data:`OP_KINDS` and ``real_ops``. A row of
+    zeros means the two networks do the same operations in that part.
+    """
+    columns = ["bops", *OP_KINDS, "real_ops"]
+    sides = []
+    for norm in (minuend, subtrahend):
+        part = ops[(ops["norm"] == norm) & (ops["stage"] == stage)]
+        if part.empty:
+            raise ValueError(f"ops has no rows for norm={norm!r}, stage={stage!r}")
+        sides.append(part.set_index("part")[columns])
+    if list(sides[0].index) != list(sides[1].index):
+        raise ValueError("the two networks have different parts; compare the same architecture")
+    return sides[0] - sides[1]
 
 
 def size_table(nets: dict, packs: dict, resolution: int, label: str) -> pd.DataFrame:

@@ -17,13 +17,20 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["TrainError", "CorruptCheckpointError", "RefusedCheckpointError", "DEFAULTS",
+__all__ = ["TrainError", "DivergedError", "CorruptCheckpointError", "RefusedCheckpointError", "DEFAULTS",
            "load_config", "resolve_config", "parse_cli_overrides", "run_dir_of", "describe_keys",
            "checkpoint_load_error", "checkpoint_damage", "is_float_model", "steps_of", "PUBLISHED_RECIPE", "recipe_rows"]
 
 
 class TrainError(Exception):
     """Bad input to the engine; ``main()`` prints ``error: <message>`` and exits 2."""
+
+
+class DivergedError(TrainError):
+    """The loss or the weights became non-finite: the engine stopped the run, nothing of it saved.
+
+    A result, not a mistake in the input: the message names where it happened
+    ("loss became non-finite in step 1, epoch 1, batch 15; stopped, ...")."""
 
 
 class CorruptCheckpointError(TrainError):

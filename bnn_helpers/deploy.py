@@ -92,6 +92,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -111,7 +112,7 @@ __all__ = [
     "WORD_BITS", "pack_bits", "unpack_bits", "popcount", "PackedActivation",
     "exact_sign_thresholds", "PackedSign", "PackedBinaryConv2d", "PackedWeightConv2d",
     "packed_conv2d", "PackedRPReLU", "PackedStem", "PackedHead", "PackedBlockA",
-    "PackedBlock18", "PackedBinaryNet", "pack", "save_packed", "load_packed",
+    "PackedBlock18", "PackedBinaryNet", "pack", "save_packed", "load_packed", "flip_stored_bit",
     "packed_size_bytes", "packed_size_breakdown", "float_size_bytes",
 ]
 
@@ -315,6 +316,28 @@ def load_packed(path) -> PackedBinaryNet:
                          f"{missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}); {fix}")
     packed.load_state_dict(tensors, strict=True)
     return packed
+
+
+def flip_stored_bit(path, tensor_name: str, dest, bit: int = 0) -> Path:
+    """Copy the safetensors file ``path`` to ``dest`` with one bit of ``tensor_name`` flipped.
+
+    Flips bit ``bit`` (0 = least significant) of the tensor's first stored byte,
+    e.g. one weight's sign in a ``weight_bits`` tensor, leaving the header alone:
+    the copy is still a valid safetensors file, and only the checksum of
+    :func:`load_packed` can tell. Returns ``dest`` as a ``Path``.
+    """
+    if not 0 <= bit < 8:
+        raise ValueError(f"bit must be 0..7 (a bit of one byte), got {bit}")
+    raw = bytearray(Path(path).read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")           # safetensors: u64 length, JSON header, data
+    header = json.loads(raw[8:8 + header_len])
+    if tensor_name not in header or tensor_name == "__metadata__":
+        raise KeyError(f"{path}: no tensor {tensor_name!r}")
+    start, _ = header[tensor_name]["data_offsets"]
+    raw[8 + header_len + start] ^= 1 << bit
+    dest = Path(dest)
+    dest.write_bytes(bytes(raw))
+    return dest
 
 
 def packed_size_bytes(model: nn.Module, word_bits: int = 8) -> int:

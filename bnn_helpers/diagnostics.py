@@ -1,7 +1,8 @@
 """Diagnostics of binary networks: signal propagation, weight statistics, flips.
 
 Works on any model that exposes ``model.stem``, ``model.blocks`` (ordered) and
-``model.head``, as every network of :mod:`bnn_helpers.models` does.
+``model.head``, as every network of :mod:`bnn_helpers.models` does;
+:func:`signal_propagation` also takes a plain list of blocks (a toy stack).
 
 Signal propagation (Brock et al. 2021, arXiv 2101.08692; docs/reference.md §8)
     :func:`signal_propagation` -> one row per stem / block / head with
@@ -10,10 +11,17 @@ Signal propagation (Brock et al. 2021, arXiv 2101.08692; docs/reference.md §8)
     the residual branches before ``alpha`` and the share of +1 among the
     outputs of every sign in the block. The head row holds the logits, whose
     ``avg_var`` is the variance across inputs (:func:`logit_variance`).
+    :func:`readable_signal_table` prints one with readable column names;
+    :func:`block_input_variance` gives the variance entering each block, and
+    :func:`signal_summary` condenses several tables into the numbers compared
+    (stream, logits, share of +1 signs, bits per sign, gradient window).
 
 Accuracy
     :func:`top1_accuracy` on in-memory tensors, in eval mode (running BN statistics)
     or with train-mode BN (each batch's own statistics).
+
+Structure
+    :func:`count_parts` — blocks, signs, binary convs, normalization layers, buffers.
 
 Weights
     :func:`sign_layers` (the convs whose weights are, or in step 2 will be,
@@ -30,7 +38,11 @@ Inference
     :func:`count_sign_ties` — RSign outputs exactly on their threshold;
     :func:`binary_conv_io` — what every binary conv of a float model and of its
     packed copy (:func:`bnn_helpers.deploy.pack`) receives and computes;
-    :func:`compare_packed` — the checks that the packed copy is the same network.
+    :func:`compare_packed` — the checks that the packed copy is the same network;
+    :func:`describe_flips` — its sign flips, in words.
+
+Signs
+    :func:`sign_shares` — shares of +1, 0 and −1 after ``sign`` (``sign(0) = 0``).
 
 Gradients
     :func:`unitwise_ratios` — AGC's ratio ‖G‖/max(‖W‖, ε) per unit, by kind of
@@ -45,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,14 +77,21 @@ __all__ = [
     "channel_statistics",
     "signal_propagation",
     "signal_by_position",
+    "SIGNAL_COLUMN_NAMES",
+    "readable_signal_table",
+    "block_input_variance",
+    "sign_entropy_bits",
+    "signal_summary",
     "logit_variance",
     "batch_coupling",
+    "train_mode_dependence",
     "top1_accuracy",
     "top2_margin",
     "compare_predictions",
     "sign_layers",
     "binary_sign",
     "latent_weight_values",
+    "count_parts",
     "weight_sign_balance",
     "flip_ratio_per_layer",
     "flip_ratio",
@@ -82,10 +101,13 @@ __all__ = [
     "STATS_COLUMNS",
     "count_sign_ties",
     "unitwise_ratios",
+    "sign_shares",
     "ste_window_share",
     "ste_window_shares",
+    "sign_inputs",
     "binary_conv_io",
     "compare_packed",
+    "describe_flips",
     "signal_at_init_and_trained",
     "logits_in_batches",
 ]
@@ -99,6 +121,17 @@ def _check_model(model: nn.Module) -> None:
     if missing:
         raise TypeError(f"{type(model).__name__} lacks {', '.join(missing)}; the diagnostics need "
                         "a model with .stem, .blocks and .head (see bnn_helpers.create_model)")
+
+
+class _Stack(nn.Module):
+    """A plain list of blocks in the stem / blocks / head layout (identity stem and head)."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.stem, self.blocks, self.head = nn.Identity(), nn.Sequential(*blocks), nn.Identity()
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
 
 
 def _per_channel(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +175,13 @@ def _branch_norms(block: nn.Module) -> dict[str, list[nn.Module]]:
 # --------------------------------------------------------------------------
 # signal propagation
 # --------------------------------------------------------------------------
-def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
+def signal_propagation(model: nn.Module | Sequence[nn.Module], x: torch.Tensor) -> pd.DataFrame:
     """Signal-propagation table of ``model`` on the batch ``x``.
+
+    ``model`` is a network with ``stem``, ``blocks`` and ``head``, or a plain
+    list (or ``nn.ModuleList``) of blocks applied one after the other: then the
+    rows are ``input`` (the statistics of ``x`` itself), ``block1`` ...
+    ``blockN``, and there is no head row.
 
     Rows: ``stem``, ``block1`` ... ``blockN``, ``head`` (the logits). Columns:
     ``position`` (0 = stem), ``name``, ``channels``, ``height``, ``width``,
@@ -160,6 +198,14 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     normalizes with the statistics of ``x``. BN running statistics touched by
     a train-mode forward are restored afterwards, and every hook is removed.
     """
+    if isinstance(model, (list, tuple, nn.ModuleList)):
+        if not len(model) or not all(isinstance(m, nn.Module) for m in model):
+            raise TypeError("signal_propagation needs a non-empty list of modules (the blocks) "
+                            "or a model with .stem, .blocks and .head")
+        table = signal_propagation(_Stack(list(model)), x)
+        table = table[table["name"] != "head"].reset_index(drop=True)
+        table.loc[0, "name"] = "input"
+        return table
     model = unwrap(model)
     _check_model(model)
     if not isinstance(x, torch.Tensor):
@@ -225,6 +271,110 @@ def signal_propagation(model: nn.Module, x: torch.Tensor) -> pd.DataFrame:
     return table[ordered + signs]
 
 
+#: Printed names of :func:`signal_propagation`'s columns (ReActNet-A: half 1 is the 3×3 conv,
+#: half 2 the 1×1 conv(s); sign 1 and sign 2 are the RSigns in front of them).
+SIGNAL_COLUMN_NAMES = {"avg_sq_mean": "mean²", "avg_var": "variance",
+                       "branch_var": "branch var (3×3 half)", "branch_var2": "branch var (1×1 half)",
+                       "sign_balance1": "share +1 (sign 1)", "sign_balance2": "share +1 (sign 2)"}
+
+
+def readable_signal_table(table: pd.DataFrame, rows: Iterable[str] | None = None) -> pd.DataFrame:
+    """A :func:`signal_propagation` table for printing: indexed by ``name``, with the
+    columns of :data:`SIGNAL_COLUMN_NAMES` under their printed names.
+
+    ``rows``: the names to keep, in order (e.g. ``["stem", "block1", "head"]``);
+    ``None`` keeps every row. The numbers are not changed.
+    """
+    columns = [c for c in SIGNAL_COLUMN_NAMES if c in table.columns]
+    view = table.set_index("name")[columns].rename(columns=SIGNAL_COLUMN_NAMES)
+    view.index.name = None
+    return view if rows is None else view.loc[list(rows)]
+
+
+def block_input_variance(table: pd.DataFrame) -> pd.Series:
+    """The variance entering each block: ``avg_var`` of the row before it, indexed by block name.
+
+    ``table`` is a :func:`signal_propagation` table; block ``l``'s input is the
+    output of the stem (or of the input, for a list of blocks) when ``l = 1``,
+    and of block ``l − 1`` after that. This is what NF-ResNets' ``β_l²`` predicts.
+    """
+    by_name = table.set_index("name")["avg_var"]
+    blocks = [n for n in by_name.index if str(n).startswith("block")]
+    return by_name.shift(1).loc[blocks].rename("input_var")
+
+
+def sign_entropy_bits(p) -> np.ndarray | float:
+    """Information carried by one sign that is +1 with probability ``p``, in bits.
+
+    ``H(p) = −p·log2(p) − (1 − p)·log2(1 − p)``: 1 bit for a balanced sign
+    (``p = 1/2``), 0 for a sign that is always the same. Works elementwise on arrays.
+    """
+    q = np.clip(np.asarray(p, dtype=float), 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = -(np.where(q > 0, q * np.log2(q), 0.0) + np.where(q < 1, (1 - q) * np.log2(1 - q), 0.0))
+    bits = bits + 0.0                    # -0.0 (a certain sign) prints as 0
+    return float(bits) if bits.ndim == 0 else bits
+
+
+def signal_summary(tables: Mapping, names: Iterable[str] | None = None,
+                   first_block: int = 3) -> pd.DataFrame:
+    """The numbers the notebooks compare, one row per :func:`signal_propagation` table.
+
+    ``tables``: ``{key: table}``; tuple keys give a MultiIndex whose levels are
+    named by ``names`` (e.g. ``("input", "mode")``). Columns:
+
+    * ``last block mean²``, ``last block variance`` and ``max block mean²`` (over the blocks);
+    * ``last block share +1 (sign 2)`` and ``min share +1, sign 2, blocks {first_block}+``
+      (the smallest share of +1 at the blocks' second signs from block ``first_block``
+      on; 1 means every one of them outputs only +1), NaN without ``sign_balance2``;
+    * ``+1 share min``, ``+1 share mean``, ``+1 share max``: over every sign of blocks
+      ``first_block`` and later, and ``bits per sign``: :func:`sign_entropy_bits` at
+      that mean share;
+    * ``STE window share``: mean over every sign of the network of the share of its
+      inputs inside the gradient window ``|x + b| < 1``;
+    * ``logit mean²`` and ``logit variance across inputs`` (the head row),
+      ``logit var / mean²`` (the variance across inputs relative to the logits'
+      size, which compares networks whose logits differ in scale) and
+      ``logit var / last block var`` (relative to the variance the head was fed).
+    """
+    rows = []
+    for key, table in tables.items():
+        by_name = table.set_index("name")
+        blocks = [n for n in by_name.index if str(n).startswith("block")]
+        if not blocks or "head" not in by_name.index:
+            raise ValueError("signal_summary needs tables with block rows and a head row "
+                             f"(from signal_propagation); {key!r} has neither or no head")
+        block_rows, head = by_name.loc[blocks], by_name.loc["head"]
+        later = block_rows.iloc[first_block - 1:]
+        second = (block_rows["sign_balance2"] if "sign_balance2" in block_rows
+                  else pd.Series(np.nan, index=block_rows.index))
+        shares = later.filter(regex=r"^sign_balance\d+$").to_numpy(dtype=float)
+        shares = shares[np.isfinite(shares)]
+        windows = by_name.filter(regex=r"^sign_window\d+$").to_numpy(dtype=float)
+        mean_share = float(shares.mean()) if shares.size else float("nan")
+        rows.append({"last block mean²": float(block_rows["avg_sq_mean"].iloc[-1]),
+                     "last block variance": float(block_rows["avg_var"].iloc[-1]),
+                     "max block mean²": float(block_rows["avg_sq_mean"].max()),
+                     "last block share +1 (sign 2)": float(second.iloc[-1]),
+                     f"min share +1, sign 2, blocks {first_block}+": float(second.iloc[first_block - 1:].min()),
+                     "+1 share min": float(shares.min()) if shares.size else float("nan"),
+                     "+1 share mean": mean_share,
+                     "+1 share max": float(shares.max()) if shares.size else float("nan"),
+                     "bits per sign": sign_entropy_bits(mean_share),
+                     "STE window share": (float(np.nanmean(windows)) if np.isfinite(windows).any()
+                                          else float("nan")),
+                     "logit mean²": float(head["avg_sq_mean"]),
+                     "logit variance across inputs": float(head["avg_var"]),
+                     "logit var / mean²": float(head["avg_var"] / head["avg_sq_mean"]),
+                     "logit var / last block var": float(head["avg_var"] / block_rows["avg_var"].iloc[-1])})
+    keys = list(tables)
+    index = (pd.MultiIndex.from_tuples(keys, names=list(names) if names else None)
+             if keys and all(isinstance(k, tuple) for k in keys) else pd.Index(keys, name=None))
+    if names and index.nlevels == 1:
+        index.name = list(names)[0]
+    return pd.DataFrame(rows, index=index)
+
+
 def batch_coupling(model: nn.Module, sample: torch.Tensor, companions_a: torch.Tensor,
                    companions_b: torch.Tensor | None = None) -> float:
     """How much one input's logits depend on the rest of its batch: the series' one measure.
@@ -242,6 +392,29 @@ def batch_coupling(model: nn.Module, sample: torch.Tensor, companions_a: torch.T
         a = model(torch.cat([sample, companions_a]))[0]
         b = model(sample if companions_b is None else torch.cat([sample, companions_b]))[0]
     return float((a - b).norm() / a.norm())
+
+
+def train_mode_dependence(model: nn.Module, batch: torch.Tensor, companions: torch.Tensor) -> dict[str, float]:
+    """What a network's train mode changes, on one batch: the two costs of batch statistics.
+
+    ``"train vs eval mode"``: the largest relative change ``‖l_train − l_eval‖ / ‖l_eval‖``
+    of one input's logits over ``batch`` when the whole batch runs in train mode
+    instead of eval mode. ``"batch coupling (train mode)"``: :func:`batch_coupling`
+    in train mode of ``batch[0]`` in front of ``batch[1:]`` versus in front of
+    ``companions[:len(batch) - 1]``. Both are 0 (up to float32 rounding) for a
+    network without BatchNorm. Runs on copies: ``model`` and its running statistics
+    are not touched.
+    """
+    if len(batch) < 2 or len(companions) < len(batch) - 1:
+        raise ValueError("give a batch of at least 2 inputs and at least len(batch) - 1 companions")
+    trained = copy.deepcopy(unwrap(model)).train()
+    with torch.no_grad():
+        eval_logits = copy.deepcopy(trained).eval()(batch)
+        train_logits = copy.deepcopy(trained)(batch)
+    gap = (train_logits - eval_logits).norm(dim=1) / eval_logits.norm(dim=1)
+    return {"train vs eval mode": float(gap.max()),
+            "batch coupling (train mode)": batch_coupling(trained, batch[:1], batch[1:],
+                                                          companions[:len(batch) - 1])}
 
 
 def logit_variance(model: nn.Module, x: torch.Tensor) -> float:
@@ -428,6 +601,40 @@ def latent_weight_values(model: nn.Module, layers: str = "sign") -> dict[str, np
     return {n: m.weight.detach().float().cpu().flatten().numpy() for n, m in chosen.items()}
 
 
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def count_parts(model: nn.Module) -> pd.Series:
+    """What a network is made of, as integer counts (one Series).
+
+    ``blocks`` (``len(model.blocks)``, 0 without), ``RSign``, ``RPReLU``,
+    ``binary 3×3 convs`` and ``binary 1×1 convs`` (convs with binary weights:
+    none in a step-1 network), ``normalization layers`` (BatchNorm, GroupNorm,
+    LayerNorm, LocalResponseNorm), ``buffer values`` (all buffer elements), and
+    of those the ``running mean + var values`` and the ``num_batches_tracked
+    counters`` (one integer per BatchNorm layer).
+    """
+    from .layers import RPReLU
+
+    model = unwrap(model)
+    modules = list(model.modules())
+    convs = [m for m in modules if is_binary_conv(m)]
+    buffers = dict(model.named_buffers())
+    return pd.Series({
+        "blocks": len(model.blocks) if hasattr(model, "blocks") else 0,
+        "RSign": sum(isinstance(m, RSign) for m in modules),
+        "RPReLU": sum(isinstance(m, RPReLU) for m in modules),
+        "binary 3×3 convs": sum(m.kernel_size == (3, 3) for m in convs),
+        "binary 1×1 convs": sum(m.kernel_size == (1, 1) for m in convs),
+        "normalization layers": sum(isinstance(m, _NORM_TYPES) for m in modules),
+        "buffer values": sum(b.numel() for b in buffers.values()),
+        "running mean + var values": sum(b.numel() for n, b in buffers.items()
+                                         if n.endswith(("running_mean", "running_var"))),
+        "num_batches_tracked counters": sum(b.numel() for n, b in buffers.items()
+                                            if n.endswith("num_batches_tracked")),
+    }, dtype=int)
+
+
 def weight_sign_balance(model: nn.Module) -> pd.DataFrame:
     """Per sign layer: ``name``, ``numel``, ``positive_share`` (share of +1 binary weights)."""
     rows = []
@@ -512,37 +719,61 @@ def count_sign_ties(model: nn.Module, images: torch.Tensor) -> dict:
     return counts
 
 
-def _parameter_kind(name: str, p: torch.Tensor, classifier_ids: set) -> str:
+def _parameter_kind(name: str, p: torch.Tensor, classifier_ids: set, prelu_ids: set) -> str:
     if id(p) in classifier_ids:
         return "classifier"
     if name.startswith("stem"):
         return "stem"
     if name.endswith(".gain"):
         return "WS gains"
+    if id(p) in prelu_ids:
+        return "PReLU slopes"
     if p.ndim >= 2 and name.endswith("weight"):
         return "block conv weights" if name.startswith("blocks") else "other weights"
-    return "biases, PReLU slopes"
+    if name.endswith("bias"):
+        return "biases and shifts"
+    return "other parameters"
 
 
 def unitwise_ratios(model: nn.Module, eps: float = 1e-3) -> pd.DataFrame:
     """AGC's ratio ``|G_unit| / max(|W_unit|, eps)`` for every unit of every parameter with a gradient.
 
-    One row per unit: ``name`` (parameter), ``kind`` (classifier, stem, block conv
-    weights, WS gains, biases / PReLU slopes, or other weights) and ``ratio``. Units are timm's
-    (``unitwise_norm``: one per output channel; a whole tensor for 0-D/1-D
-    parameters). AGC with clip factor λ rescales exactly the units whose ratio
-    exceeds λ. Reads the gradients, changes nothing.
+    One row per unit: ``name`` (parameter), ``kind`` and ``ratio``. Kinds:
+    ``classifier``, ``stem``, ``block conv weights`` (``other weights`` outside
+    the blocks), ``WS gains``, ``PReLU slopes`` (the weights of ``nn.PReLU``),
+    ``biases and shifts`` (every ``*bias``: in the BN-free ReActNet-A the RSign
+    and RPReLU shifts, which start at 0) and ``other parameters``.
+    Units are timm's (``unitwise_norm``: one per slice along dim 0 of a tensor
+    with 2 or more dims; the whole tensor for 0-D/1-D parameters). So a WS gain
+    of shape ``(C, 1, 1, 1)`` gives C one-element units, while a shift of shape
+    ``(1, C, 1, 1)`` or a PReLU slope of shape ``(C,)`` is one unit.
+    AGC with clip factor λ rescales exactly the units whose ratio exceeds λ.
+    Reads the gradients, changes nothing.
     """
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     classifier_ids = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
+    prelu_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.PReLU)}
     rows = []
     for name, p in model.named_parameters():
         if p.grad is None:
             continue
         ratio = unitwise_norm(p.grad.detach().float()) / unitwise_norm(p.detach().float()).clamp(min=eps)
-        kind = _parameter_kind(name, p, classifier_ids)
+        kind = _parameter_kind(name, p, classifier_ids, prelu_ids)
         rows += [{"name": name, "kind": kind, "ratio": float(r)} for r in ratio.flatten()]
     return pd.DataFrame(rows, columns=["name", "kind", "ratio"])
+
+
+def sign_shares(values) -> dict[str, float]:
+    """Shares of +1, 0 and −1 in ``sign(values)`` (a NumPy array or a tensor); they add up to 1.
+
+    ``sign(0) = 0`` in NumPy and PyTorch, so inputs exactly at the threshold
+    count as neither +1 nor −1.
+    """
+    signs = np.sign(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
+    if signs.size == 0:
+        raise ValueError("sign_shares needs at least one value")
+    return {"share of +1": float((signs > 0).mean()), "share of 0": float((signs == 0).mean()),
+            "share of −1": float((signs < 0).mean())}
 
 
 def ste_window_share(sign_input: torch.Tensor, half_width: float = 1.0) -> float:
@@ -572,6 +803,40 @@ def ste_window_shares(model: nn.Module, half_width: float = 1.0):
     with removing_hooks() as handles:
         handles += [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, RSign)]
         yield shares
+@torch.no_grad()
+def sign_inputs(model: nn.Module, x: torch.Tensor, max_values: int = 20000,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """What every sign of each block sees: ``{"block3": values}``, the inputs
+    ``u = x + b`` of all the block's RSigns on the batch ``x`` (pooled), as float64.
+
+    Blocks with more values keep a random ``max_values`` of them (fixed ``seed``),
+    enough for a histogram. Runs under ``no_grad`` in the caller's train/eval
+    mode; BN running statistics touched in train mode are restored, hooks removed.
+    """
+    model = unwrap(model)
+    _check_model(model)
+    values: dict[str, list[torch.Tensor]] = {}
+
+    def hook(name):
+        def record(module, inputs, output):  # on RSign.shift: output = the sign's input
+            values.setdefault(name, []).append(output.detach().flatten().double())
+        return record
+
+    with removing_hooks() as handles, buffers_restored(model):
+        for i, block in enumerate(model.blocks, start=1):
+            handles += [m.shift.register_forward_hook(hook(f"block{i}"))
+                        for m in block.modules() if isinstance(m, RSign)]
+        model(x)
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, parts in values.items():
+        flat = torch.cat(parts)
+        if flat.numel() > max_values:
+            flat = flat[torch.randperm(flat.numel(), generator=generator)[:max_values]]
+        out[name] = flat.numpy()
+    return out
+
+
 @torch.no_grad()
 def binary_conv_io(model: nn.Module, packed: nn.Module, images: torch.Tensor):
     """Run a float model and its packed copy on ``images``; record every binary conv.
@@ -609,7 +874,8 @@ def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, la
 
     Per binary conv and image: (1) the packed XOR-popcount result equals the
     integer convolution ``F.conv2d(±1/0 input, ±1 weights)`` exactly; (2) the
-    float conv output divided by its per-channel magnitude ``c`` rounds to the
+    float conv output divided by its per-channel magnitude ``ā`` (every entry of
+    the effective weight ``ā·sign(ŵ)`` has magnitude ``ā``) rounds to the
     integer conv of its own input; (3) signs that differ between the two
     networks (*flips*) are counted per image. Predictions are compared only
     where rounding cannot decide them: top-2 margin above twice
@@ -650,9 +916,35 @@ def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, la
            "top-1 tolerance %": 100 * int((~decided).sum()) / n,
            "top-1 float %": 100 * int(top1_hits(logits_f, labels)) / n,
            "top-1 packed %": 100 * int(top1_hits(logits_p, labels)) / n,
-           "integer results wrong": int_wrong, "float conv / c off-integer": off_integer,
+           "integer results wrong": int_wrong, "float conv / ā off-integer": off_integer,
            "sign outputs": n_signs, "sign flips": int(flips.sum()),
            "digits with a flip": int((~clean).sum()),
            "max rel. logit diff (no flip)": float(rel_err[clean].max()) if clean.any() else math.nan,
            "max rel. logit diff (all)": float(rel_err.max())}
     return row, {"flips": flips, "rel_err": rel_err, "logits_f": logits_f, "logits_p": logits_p}
+
+
+def describe_flips(per_image: Mapping[str, torch.Tensor], logit_rtol: float = 1e-5, show: int = 5) -> str:
+    """One paragraph on the sign flips of :func:`compare_packed` (its ``per_image`` result).
+
+    Says how many signs flipped and in how many images (those are left out of the
+    comparisons), how close the logits of the other images came (as a fraction of
+    the logit scale, against ``logit_rtol``), and for up to ``show`` images with a
+    flip how far their logits moved and whether their prediction stayed the same.
+    """
+    flips, rel_err = per_image["flips"], per_image["rel_err"]
+    clean = flips == 0
+    if clean.all():
+        lines = [f"no sign flipped: all {len(flips)} images entered every comparison"]
+    else:
+        lines = [f"{int(flips.sum())} sign(s) flipped, in {int((~clean).sum())} image(s): "
+                 "left out of the comparisons"]
+    if clean.any():
+        lines[0] += (f"; the logits of the images without a flip agree to {float(rel_err[clean].max()):.1e} "
+                     f"of the logit scale (tolerance {logit_rtol:g})")
+    preds_f, preds_p = per_image["logits_f"].argmax(1), per_image["logits_p"].argmax(1)
+    for i in torch.nonzero(~clean).flatten().tolist()[:show]:
+        same = "the same prediction" if preds_f[i] == preds_p[i] else "different predictions"
+        lines.append(f"    image {i}: {int(flips[i])} sign(s) flipped -> logits differ by {float(rel_err[i]):.1e} "
+                     f"of the scale; {same} ({int(preds_f[i])} float, {int(preds_p[i])} packed)")
+    return "\n".join(lines)

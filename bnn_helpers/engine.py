@@ -22,7 +22,7 @@ import torch.nn as nn
 from .agc import parameters_except_classifier
 from .checkpoints import (atomic_save, build_model, load_model_state, read_checkpoint, rng_state,
                           write_atomically)
-from .config import TrainError, run_dir_of, steps_of
+from .config import DivergedError, TrainError, run_dir_of, steps_of
 from .data import build_datasets, make_loader
 from .losses import Objective
 from .preflight import checkpoint_path, preflight, started_steps
@@ -290,7 +290,7 @@ class Trainer:
         if not self._weights_finite(run.model) or not math.isfinite(val["loss"]):
             what = (f"weights became non-finite (validation loss {val['loss']:.4g})"
                     if not self._weights_finite(run.model) else f"validation loss is {val['loss']}")
-            raise TrainError(self._divergence_message(step, epoch, None, what))
+            raise DivergedError(self._divergence_message(step, epoch, None, what))
         state["elapsed"] += train["time"] + val["time"]
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": train["loss"],
                "train_top1": train["top1"], "train_top5": train["top5"],
@@ -394,7 +394,7 @@ class Trainer:
         elif self.world > 1:
             flags[0] = 0.0  # a signal waits for the next agreed batch (no per-batch sync)
         if flags[1]:
-            raise TrainError(self._divergence_message(step, epoch, done, "loss became non-finite"))
+            raise DivergedError(self._divergence_message(step, epoch, done, "loss became non-finite"))
         if flags[0]:
             self.stop_agreed = int(flags[0])
         return bool(flags[0])
@@ -446,8 +446,8 @@ class Trainer:
         step, model, state = run.step, run.model, run.state
         if not self._weights_finite(model):  # never let a diverged state replace a good checkpoint
             epoch = state["epoch"] + (1 if state["batch"] else 0)
-            raise TrainError(self._divergence_message(step, epoch, state["batch"] or None,
-                                                      "weights became non-finite"))
+            raise DivergedError(self._divergence_message(step, epoch, state["batch"] or None,
+                                                         "weights became non-finite"))
         self._before_resumed_writes()
         ckpt = {"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(),

@@ -10,6 +10,11 @@ start-up and call :func:`bnn_helpers.train.run` (same code path)::
     print(launch("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/data/imagenet"},
                  nproc=8, dry_run=True))
     run_dir = launch("configs/digits/reactnet_a_bf.yaml", {"epochs": 2})
+
+Planning helpers: :func:`config_changes` (what a set of overrides changes in a
+config, as a table), :func:`gpu_training_estimates` / :func:`format_estimates`
+(images/s, time per epoch and loader processes per GPU, estimated from a FLOP
+count and an assumed utilisation), :func:`sbatch_script`.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import yaml
 
 from .config import TrainError, load_config, run_dir_of
 
-__all__ = ["launch", "build_command", "sbatch_script"]
+__all__ = ["launch", "build_command", "config_changes", "gpu_training_estimates", "format_estimates",
+           "sbatch_script"]
 
 
 def _config_file(config) -> str:
@@ -116,6 +122,84 @@ def launch(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 
         raise TrainError(errors[-1][len("error: "):] if errors else
                          f"training exited with status {proc.returncode}; see the output above")
     return run_dir_of(cfg)
+
+
+def config_changes(cfg: dict, overrides: dict, before: str = "ImageNet run",
+                   after: str = "CPU demo"):
+    """The settings ``overrides`` changes in ``cfg``, side by side: a ``pandas.DataFrame``.
+
+    One row per key of ``overrides`` that ``cfg`` knows (in the order of
+    ``overrides``), columns ``before`` (the value in ``cfg``) and ``after``.
+    Paths among the new values (keys ending in ``_dir`` or ``_checkpoint``) are
+    shown through :func:`bnn_helpers.paths.display_path`, so a printed table
+    carries no machine's absolute path.
+    """
+    import pandas as pd
+
+    from .paths import display_path
+
+    def shown(key, value):
+        is_path = key.endswith(("_dir", "_checkpoint")) and isinstance(value, (str, os.PathLike))
+        return display_path(value) if is_path else value
+
+    keys = [k for k in overrides if k in cfg]
+    return pd.DataFrame({before: [cfg[k] for k in keys], after: [shown(k, overrides[k]) for k in keys]},
+                        index=pd.Index(keys, name="setting"))
+
+
+def gpu_training_estimates(flop_per_image: float, peak_tflops: dict, utilisation=(0.10, 0.30),
+                           train_images: int = 1_281_167, epochs: int = 512, gpus: int = 8,
+                           loader_images_per_s: float | None = None):
+    """Estimated training speed on GPUs from a FLOP count: *estimates*, not measurements.
+
+    For each GPU of ``peak_tflops`` (``{label: datasheet dense peak in TFLOPS}``)
+    and each assumed ``utilisation`` of that peak: images/s per GPU =
+    peak × utilisation / ``flop_per_image``; minutes per epoch of
+    ``train_images`` on one GPU; days for ``epochs`` epochs on ``gpus`` GPUs
+    (ideal scaling); and, with ``loader_images_per_s`` (images/s of one
+    data-loading process), the loader processes per GPU that rate needs.
+    Returns a ``pandas.DataFrame``: index = GPU label, columns = (quantity,
+    utilisation). :func:`format_estimates` prints it as ranges.
+    """
+    import pandas as pd
+
+    if flop_per_image <= 0 or not peak_tflops or min(utilisation) <= 0:
+        raise ValueError("give a positive flop_per_image, at least one GPU and utilisations > 0")
+    days = f"days, {epochs} epochs, {gpus} GPUs"
+    rows = {}
+    for gpu, peak in peak_tflops.items():
+        rate = {u: peak * 1e12 * u / flop_per_image for u in utilisation}
+        row = {("peak TFLOPS", u): peak for u in utilisation}
+        row.update({("images/s per GPU", u): r for u, r in rate.items()})
+        row.update({("minutes per epoch, 1 GPU", u): train_images / r / 60 for u, r in rate.items()})
+        row.update({(days, u): epochs * train_images / (gpus * r) / 86400 for u, r in rate.items()})
+        if loader_images_per_s is not None:
+            row.update({("loader processes per GPU", u): r / loader_images_per_s for u, r in rate.items()})
+        rows[gpu] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["quantity", "utilisation"])
+    return table
+
+
+def format_estimates(estimates):
+    """:func:`gpu_training_estimates` as text: one "low–high" range per quantity and GPU.
+
+    Images/s get thousands separators, days one decimal, the rest whole numbers;
+    the index reads "<GPU>: <peak> TFLOPS".
+    """
+    import pandas as pd
+
+    digits = {"images/s per GPU": ",.0f"}
+    text = {}
+    for quantity in dict.fromkeys(estimates.columns.get_level_values(0)):
+        if quantity == "peak TFLOPS":
+            continue
+        spec = digits.get(quantity, ".1f" if quantity.startswith("days") else ".0f")
+        values = estimates[quantity]
+        text[quantity] = [f"{lo:{spec}}–{hi:{spec}}" for lo, hi in zip(values.min(axis=1), values.max(axis=1))]
+    peaks = estimates["peak TFLOPS"].iloc[:, 0]
+    index = [f"{gpu}: {peak:g} TFLOPS" for gpu, peak in peaks.items()]
+    return pd.DataFrame(text, index=pd.Index(index, name="GPU (datasheet dense peak)"))
 
 
 def sbatch_script(srun_line: str, nodes: int = 4, gpus_per_node: int = 8, cpus_per_task: int = 96,

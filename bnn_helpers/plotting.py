@@ -4,10 +4,12 @@ Every function takes tables (from :mod:`bnn_helpers.diagnostics` or a run
 directory's CSV files), never a model, and returns a ``matplotlib`` figure:
 
 * :func:`plot_signal_propagation` – squared channel mean and channel variance
-  per block, log scale, several variants overlaid;
+  per block, log scale, several variants overlaid (optionally a sign's share of +1);
 * :func:`plot_sign_saturation` – per block: stream variance, share of sign inputs
   inside the estimator's gradient window, share of +1 signs;
 * :func:`plot_image_grid` – small images with a title each (digits, photo patches);
+* :func:`plot_logit_spread` – how much the logits differ between inputs, absolute
+  and relative to their size (from :func:`bnn_helpers.diagnostics.signal_summary`);
 * :func:`plot_accuracy_curves` – top-1 and loss per epoch from ``summary.csv``;
   step 2 continues after step 1, behind a dashed divider;
 * :func:`plot_seed_bands` – mean and min–max over seeds per mode, several panels;
@@ -29,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -50,6 +51,7 @@ __all__ = [
     "plot_signal_propagation",
     "plot_sign_saturation",
     "plot_image_grid",
+    "plot_logit_spread",
     "plot_accuracy_curves",
     "plot_training_stats",
     "plot_estimators",
@@ -130,7 +132,9 @@ def _label_colors(labels) -> list:
 
 def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch: bool = True,
                             include_head: bool = False, title: str | None = None,
-                            linestyles: Mapping[str, str] | None = None):
+                            linestyles: Mapping[str, str] | None = None, *,
+                            branch_title: str | None = None, sign_column: str | None = None,
+                            legend_title: str = "variant"):
     """Signal propagation of several variants: one line per label per panel.
 
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
@@ -139,14 +143,30 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     drawn at 1e-6 (a panel where that happens marks the floor with a dotted
     line and says so) and zeros are left out. ``linestyles`` maps a label to a
     matplotlib linestyle (e.g. dashed for trained networks); labels that start with a
-    mode share its colour. The legend sits right of the last panel, clear of the lines.
+    mode share its colour. The legend (titled ``legend_title``) sits right of the
+    last panel, clear of the lines.
+
+    ``branch_title`` replaces the branch panel's title (the default names α, which
+    notebook 03 introduces). ``sign_column`` (e.g. ``"sign_balance2"``) adds a
+    fourth, linear panel: the share of +1 among the outputs of that sign of every
+    block, with 0.5 (balanced) dotted; four panels are laid out 2 × 2. A panel
+    gets x ticks only where it has data (the branch and sign panels: blocks only),
+    on the same x range as the others.
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
-    panels = _SP_PANELS if branch else _SP_PANELS[:2]
-    fig, axes = _figure(len(panels))
+    panels = list(_SP_PANELS if branch else _SP_PANELS[:2])
+    if branch and branch_title:
+        panels[2] = (panels[2][0], branch_title, panels[2][2])
+    if sign_column:
+        which = {"1": "first", "2": "second"}.get(sign_column[-1], sign_column)
+        panels.append((sign_column, f"Share of +1 at each block's {which} sign", "share of +1 (fraction)"))
+    fig, axes = _figure(len(panels), ncols=2 if len(panels) == 4 else None)
+    if len(panels) == 4:                     # 2 × 2, widened: 14 ticks per panel and a legend at the right
+        fig.set_size_inches(2 * _PANEL_SIZE[0] + 2.5, 2 * _PANEL_SIZE[1])
     colors = _label_colors(tables_by_label)
-    ticks, clipped = None, set()
+    names, clipped = {}, set()
+    with_data = {column: set() for column, *_ in panels}
     for (label, table), color in zip(tables_by_label.items(), colors):
         missing = {"position", "name"} | {c for c, *_ in panels}
         missing -= set(table.columns)
@@ -154,30 +174,44 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             raise ValueError(f"table {label!r} lacks columns {sorted(missing)}; "
                              "pass diagnostics.signal_propagation() tables")
         rows = table if include_head else table[table["name"] != "head"]
+        names.update(zip(rows["position"], rows["name"]))
         style = (linestyles or {}).get(label, "-")
         for ax, (column, *_) in zip(axes, panels):
             values = rows[column].to_numpy(dtype=float)
+            with_data[column].update(rows["position"][np.isfinite(values)])
+            if column == sign_column:        # a share: linear axis, no floor
+                ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
+                        linestyle=style, label=label)
+                continue
             if ((values > 0) & (values < _LOG_FLOOR)).any():
                 clipped.add(column)
             # log axes cannot show 0 (e.g. the constant branches of the no-BN network).
             values = np.where(values > 0, np.maximum(values, _LOG_FLOOR), np.nan)
             ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
                     linestyle=style, label=label)
-        if ticks is None or len(rows) > len(ticks[0]):
-            ticks = (rows["position"].to_list(),
-                     ["stem" if n == "stem" else "head" if n == "head" else n.replace("block", "")
-                      for n in rows["name"]])
+    span = (min(names) - 0.6, max(names) + 0.6)
+    small = "stem" in names.values() or include_head or sign_column   # "stem" next to "1", "13" next to "head"
     for ax, (column, name, ylabel) in zip(axes, panels):
-        ax.set_yscale("log")
+        if column == sign_column:
+            ax.set_ylim(0, 1.04)
+            ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1, zorder=0)
+        else:
+            ax.set_yscale("log")
         if column in clipped:
             ax.axhline(_LOG_FLOOR, color="0.5", linestyle=":", linewidth=1, zorder=0)
             ax.text(0.99, _LOG_FLOOR, "plotting floor 10⁻⁶: smaller values drawn here",
                     transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7, color="0.3")
-        ax.set_xticks(ticks[0], ticks[1], fontsize=8 if include_head else None)  # "13" and "head" fit
-        ax.set_xlabel("position (stem, block index" + (", head)" if include_head else ")"))
+        ticks = sorted(with_data[column])
+        labels = ["stem" if names[p] == "stem" else "head" if names[p] == "head"
+                  else names[p].replace("block", "") for p in ticks]
+        ax.set_xticks(ticks, labels, fontsize=8 if small else None)
+        ax.set_xlim(*span)
+        has = {names[p] for p in ticks}
+        ax.set_xlabel("position (" + ", ".join(["stem"] * ("stem" in has) + ["block index"]
+                                              + ["head"] * ("head" in has)) + ")")
         ax.set_ylabel(ylabel)
         ax.set_title(name)
-    axes[-1].legend(title="variant", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[-1].legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Signal propagation")
     return fig
 
@@ -219,6 +253,38 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
     axes[2].axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
     axes[-1].legend(title="network", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Sign saturation per block")
+    return fig
+
+
+def plot_logit_spread(summary: pd.DataFrame, title: str | None = None):
+    """Do different inputs get different logits? Two bar panels, log scale.
+
+    ``summary``: :func:`bnn_helpers.diagnostics.signal_summary` with a
+    two-level index (input batch, mode). Left: the variance of the logits
+    across the inputs of a batch (``logit variance across inputs``); right: the
+    same relative to the logits' size (``logit var / mean²``), the measure that
+    compares networks whose logits differ in scale. One group of bars per mode
+    (in the order of ``summary``), one bar per input batch; the bar colours are
+    not the modes' colours (the modes are on the x axis).
+    """
+    panels = [("logit variance across inputs", "Variance of the logits across inputs",
+               "variance across inputs (a.u.)"),
+              ("logit var / mean²", "The same, relative to the logits' size",
+               "variance / mean² (dimensionless)")]
+    if summary.index.nlevels != 2:
+        raise ValueError("plot_logit_spread needs diagnostics.signal_summary(...) indexed by (input, mode)")
+    missing = {column for column, *_ in panels} - set(summary.columns)
+    if missing:
+        raise ValueError(f"summary lacks columns {sorted(missing)}; pass diagnostics.signal_summary(...)")
+    inputs_level, modes_level = summary.index.names
+    modes = list(dict.fromkeys(summary.index.get_level_values(1)))
+    fig, axes = _figure(len(panels))
+    for ax, (column, name, ylabel) in zip(axes, panels):
+        table = summary[column].unstack(0).loc[modes]      # rows: modes, columns: input batches
+        table.plot.bar(ax=ax, logy=True, rot=0, legend=False, color=_colors(3 + table.shape[1])[3:])
+        ax.set(xlabel=f"normalization {modes_level or 'mode'}", ylabel=ylabel, title=name)
+    axes[-1].legend(title=f"{inputs_level or 'input'} batch", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title or "Do different inputs get different logits?")
     return fig
 
 
@@ -293,7 +359,8 @@ def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list
     return pd.concat(parts, ignore_index=True), dividers
 
 
-def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None):
+def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None,
+                         loss_band: float | None = None):
     """Top-1 and loss per epoch (train dotted with × markers, on top; validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
@@ -302,7 +369,11 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     of guessing (100 / classes, in %), drawn as a labelled line on the accuracy
     panel so a run near it reads as "learned nothing (yet)", and the
     cross-entropy of a uniform guess, ln(100 / chance), on the loss panel.
+    ``loss_band`` (needs ``chance``): zoom the loss panel to ln(100 / chance) ±
+    ``loss_band`` nats, for a run expected to stay at chance.
     """
+    if loss_band is not None and (chance is None or loss_band <= 0):
+        raise ValueError("loss_band needs chance and a positive width (nats)")
     columns = ["epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1"]
     fig, (ax_acc, ax_loss) = _figure(2)
     runs = _runs(run_dirs)
@@ -335,6 +406,10 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
             ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.1)
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if loss_band is not None:
+        uniform = math.log(100 / chance)
+        ax_loss.set(ylim=(uniform - loss_band, uniform + loss_band),
+                    title=f"Loss (zoomed to ln {100 / chance:g} ± {loss_band:g} nats)")
     fig.suptitle(title or "Training curves")
     return fig
 
@@ -393,38 +468,64 @@ _STATS_PANELS = [("flip_ratio", "Flip ratio", "share of weight signs flipped per
                  ("weight_sign_balance", "Weight sign balance", "share of +1 weights", False),
                  ("act_sign_balance", "Activation sign balance", "share of +1 activations", False),
                  ("agc_clip_share", "AGC clipped share", "share of units clipped", False)]
+#: The sign-balance panels span at least this much of the [0, 1] share axis, so a balance
+#: that moves by 10⁻⁴ draws as the flat line it is, not as a dramatic curve.
+_MIN_BALANCE_SPAN = 0.02
 
 
-def plot_training_stats(run_dirs, title: str | None = None):
+def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
     x = optimizer steps, continued across training steps 1 and 2. The flip
     ratio (share of the latent weights whose sign changed: the binary weights'
-    flips in step 2) is on a log scale. One legend, right of the panels.
+    flips in step 2) is on a log scale. ``columns`` draws only those panels
+    (``"flip_ratio"``, ``"weight_sign_balance"``, ``"act_sign_balance"``,
+    ``"agc_clip_share"``; default all four). The sign-balance panels span at
+    least ``_MIN_BALANCE_SPAN`` (0.02) of their axis; all panels share the x
+    axis and its ticks. One legend for all panels: right of them, or below a
+    single panel, whose title is the figure's. A NaN in ``stats.csv`` (the
+    activation balance of the first recorded step of each training step)
+    leaves a gap.
     """
-    columns = ["step", "optimizer_step"] + [c for c, *_ in _STATS_PANELS]
-    fig, axes = _figure(len(_STATS_PANELS), ncols=2)
+    known = [c for c, *_ in _STATS_PANELS]
+    unknown = set(columns or ()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown stats column(s) {sorted(unknown)}; choose from {known}")
+    panels = [p for p in _STATS_PANELS if columns is None or p[0] in columns]
+    fig, axes = _figure(len(panels), ncols=min(len(panels), 2))
+    for ax in axes[1:]:
+        ax.sharex(axes[0])
     runs = _runs(run_dirs)
     boundaries = set()
     for (label, run), color in zip(runs.items(), _label_colors(runs)):
-        table = _read(run, "stats.csv", columns)
+        table = _read(run, "stats.csv", ["step", "optimizer_step"] + [c for c, *_ in panels])
         table, dividers = _with_progress(table, "optimizer_step")
         boundaries.update(dividers)
-        for ax, (column, _, _, log) in zip(axes, _STATS_PANELS):
+        for ax, (column, _, _, log) in zip(axes, panels):
             values = table[column].to_numpy(dtype=float)
             if log:
                 values = np.where(values > 0, values, np.nan)
             ax.plot(table["x"], values, color=color, label=label)
-    for ax, (_, name, ylabel, log) in zip(axes, _STATS_PANELS):
+    for ax, (column, name, ylabel, log) in zip(axes, panels):
         if log:
             ax.set_yscale("log")
+        if column.endswith("sign_balance"):
+            low, high = ax.get_ylim()
+            if high - low < _MIN_BALANCE_SPAN:
+                middle = (low + high) / 2
+                ax.set_ylim(middle - _MIN_BALANCE_SPAN / 2, middle + _MIN_BALANCE_SPAN / 2)
         xlabel = "optimizer steps (step 2 after the dashed line)" if boundaries else "optimizer steps"
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
-        ax.get_legend().remove()          # one legend for all four panels, clear of the curves
+        ax.get_legend().remove()          # one legend for all panels, clear of the curves
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
-    fig.suptitle(title or "Training statistics")
+    if len(panels) == 1:               # one title (the figure's), the legend below the panel
+        axes[0].set_title("")
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 3))
+        fig.suptitle(title or panels[0][1])
+    else:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
+        fig.suptitle(title or "Training statistics")
     return fig
 
 
@@ -437,7 +538,9 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     The backward is measured with autograd on a grid. Left: ``sign(x)`` (the
     forward of every estimator) and, dashed, the function whose derivative
     each backward is (its integral from 0) – the surrogate the estimator
-    pretends to differentiate. Right: the backward ``d out / d x``.
+    pretends to differentiate. Right: the backward ``d out / d x``. One legend
+    (one colour per estimator) sits below both panels, off the region
+    ``|x| < 1`` where the estimators differ.
     """
     grid = torch.linspace(-x_range, x_range, points, dtype=torch.float64)
     fig, (ax_fwd, ax_bwd) = _figure(2)
@@ -458,13 +561,16 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
         ax_fwd.plot(grid, integral - integral[zero], color=color, linestyle="--", linewidth=width,
                     label=f"{labels.get(name, name)}: ∫ backward")
         ax_bwd.plot(grid, grad, color=color, linewidth=width, label=labels.get(name, name))
-    ax_fwd.set_title("Forward: sign and the surrogate each backward implies")
+    ax_fwd.set_title("Forward: sign (black) and, dashed, the surrogate\neach backward implies (its integral from 0)")
     ax_fwd.set_ylabel("output (dimensionless)")
     ax_bwd.set_title("Backward: gradient passed to x")
     ax_bwd.set_ylabel("d output / d x (dimensionless)")
     for ax in (ax_fwd, ax_bwd):
         ax.set_xlabel("input x (dimensionless)")
-        ax.legend()
+    # One legend below both panels: inside, it would cover |x| < 1, where the estimators differ.
+    handles = ax_fwd.get_lines()[:1] + ax_bwd.get_lines()
+    fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=len(handles),
+               frameon=False)
     fig.suptitle("Sign estimators (straight-through variants)")
     return fig
 
@@ -486,6 +592,48 @@ def plot_weight_histograms(values_by_layer: Mapping[str, np.ndarray], bins: int 
     return fig
 
 
+def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.ndarray]],
+                               blocks: Sequence[str], bins: int = 61, title: str | None = None):
+    """Histograms of what the signs see: one row per network, one column per block.
+
+    ``inputs_by_label``: ``{label: diagnostics.sign_inputs(model, x)}``. The x axis is
+    symmetric-log (linear inside ``|u| < 1``, the window where ApproxSign and the
+    clipped identity pass a gradient, shaded; logarithmic outside), so a stream
+    that grew by orders of magnitude stays on the page. Each panel's title gives
+    the share of inputs inside the window and the share that are positive.
+    """
+    if not inputs_by_label or not blocks:
+        raise ValueError("plot_sign_input_histograms needs {label: {block: values}} and blocks")
+    labels = list(inputs_by_label)
+    missing = [(label, b) for label in labels for b in blocks if b not in inputs_by_label[label]]
+    if missing:
+        raise ValueError(f"no sign inputs for {missing[:3]}; blocks must name diagnostics.sign_inputs keys")
+    largest = max(float(np.abs(v).max()) for d in inputs_by_label.values() for v in d.values())
+    limit = max(2.0, largest * 1.05)
+    edges = np.concatenate([-np.geomspace(limit, 1, bins // 3 + 1), np.linspace(-1, 1, bins // 3 + 1)[1:-1],
+                            np.geomspace(1, limit, bins // 3 + 1)])
+    decades = 10.0 ** np.arange(0, math.floor(math.log10(limit)) + 1)
+    ticks = np.concatenate([-decades[::-1], [0.0], decades])
+    fig, axes = plt.subplots(len(labels), len(blocks), figsize=(2.6 * len(blocks), 2.1 * len(labels)),
+                             squeeze=False, sharex=True, constrained_layout=True)
+    for row, (label, color) in enumerate(zip(labels, _label_colors(labels))):
+        for col, block in enumerate(blocks):
+            ax, u = axes[row, col], np.asarray(inputs_by_label[label][block], dtype=float)
+            ax.axvspan(-1, 1, color="0.9", zorder=0)
+            ax.hist(u, bins=edges, weights=np.full(u.size, 1.0 / u.size), color=color)
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.axvline(0, color="0.4", linewidth=0.8)
+            inside, positive = float(np.mean(np.abs(u) < 1)), float(np.mean(u > 0))
+            ax.set_title(f"{label}, {block}\n{inside:.0%} in window, {positive:.0%} > 0", fontsize="small")
+            if col == 0:
+                ax.set_ylabel("share of sign inputs")
+            if row == len(labels) - 1:
+                ax.set_xlabel("sign input u (symlog)")
+    fig.suptitle(title or "What the signs see: inputs u per block (shaded: |u| < 1, the gradient window)")
+    return fig
+
+
 # --------------------------------------------------------------------------
 # predictions against measurements, gradient ratios
 # --------------------------------------------------------------------------
@@ -499,23 +647,80 @@ def _label_panel(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.legend(fontsize="x-small")
 
 
-def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]],
+PREDICTION_COLUMNS = ["panel", "prediction", "series", "x", "predicted", "measured", "ratio"]
+
+
+def prediction_table(x, predicted, measured: Mapping[str, object], panel: str = "",
+                     prediction: str = "predicted") -> pd.DataFrame:
+    """A prediction and the measurements it should match, as one tidy table.
+
+    ``x``: positions (e.g. block indices); ``predicted``: the predicted value at
+    each position; ``measured``: ``{series label: values at the same positions}``.
+    One row per series and position, columns ``panel`` (the figure panel it
+    belongs to), ``prediction`` (the prediction's label), ``series``, ``x``,
+    ``predicted``, ``measured`` and ``ratio`` = measured / predicted. Tables of
+    several panels concatenate (``pd.concat``) into the input of
+    :func:`plot_predicted_vs_measured`.
+    """
+    x = np.asarray(x)
+    predicted = np.asarray(predicted, dtype=float)
+    if predicted.shape != x.shape:
+        raise ValueError(f"predicted has shape {predicted.shape}, x has {x.shape}")
+    if not measured:
+        raise ValueError("prediction_table needs at least one measured series: {label: values}")
+    frames = []
+    for label, values in measured.items():
+        values = np.asarray(values, dtype=float)
+        if values.shape != x.shape:
+            raise ValueError(f"measured series {label!r} has shape {values.shape}, x has {x.shape}")
+        frames.append(pd.DataFrame({"panel": panel, "prediction": prediction, "series": label, "x": x,
+                                    "predicted": predicted, "measured": values, "ratio": values / predicted}))
+    return pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS]
+
+
+def _panels_from_table(table: pd.DataFrame) -> dict:
+    """:func:`prediction_table` rows -> ``{panel: {"predicted": {...}, "measured": {...}}}``."""
+    missing = set(PREDICTION_COLUMNS[:-1]) - set(table.columns)
+    if missing:
+        raise ValueError(f"the table lacks columns {sorted(missing)}; build it with prediction_table(...)")
+    panels = {}
+    for name, rows in table.groupby("panel", sort=False):
+        panel = panels.setdefault(name, {"predicted": {}, "measured": {}})
+        for label, series in rows.groupby("series", sort=False):
+            panel["measured"][label] = (series["x"].to_numpy(), series["measured"].to_numpy())
+        for label, series in rows.groupby("prediction", sort=False):
+            first = series.drop_duplicates("x")
+            panel["predicted"][label] = (first["x"].to_numpy(), first["predicted"].to_numpy())
+    return panels
+
+
+def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]] | pd.DataFrame,
                                xlabel: str, ylabel: str, title: str | None = None,
-                               log: bool | Mapping[str, bool] = True):
+                               log: bool | Mapping[str, bool] = True, legend: str = "panels"):
     """One panel per entry of ``panels``: predictions as dark dashed lines, measurements as coloured markers.
 
-    ``panels``: ``{panel title: {"predicted": {label: (x, y)}, "measured": {label: (x, y)}}}``.
+    ``panels``: a :func:`prediction_table` (one panel per value of its ``panel``
+    column), or ``{panel title: {"predicted": {label: (x, y)}, "measured": {label: (x, y)}}}``.
     Predictions are drawn *above* the measurements (thick, dark, no markers,
     one dash pattern each), so a measurement that lies on its prediction
     does not hide it; measurements are coloured lines with markers. The x axis
     gets integer ticks; ``log`` puts y on a log scale (a bool for every panel,
     or ``{panel title: bool}``, default True). Colours are shared across
-    panels by label.
+    panels by label. ``legend="panels"`` gives every panel its own legend;
+    ``legend="figure"`` draws one legend for all panels, below them (each
+    prediction label then keeps one dash pattern across panels): in one row
+    when panels share labels, else one column per panel, in panel order.
     """
+    if isinstance(panels, pd.DataFrame):
+        panels = _panels_from_table(panels)
     if not panels:
         raise ValueError("plot_predicted_vs_measured needs at least one panel")
+    if legend not in ("panels", "figure"):
+        raise ValueError(f"legend must be 'panels' or 'figure', got {legend!r}")
     measured_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("measured", {})))
     colors = dict(zip(measured_labels, _colors(len(measured_labels))))
+    predicted_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("predicted", {})))
+    shared_dashes = dict(zip(predicted_labels, _PREDICTION_DASHES * (len(predicted_labels) // 4 + 1)))
     fig, axes = _figure(len(panels))
     for ax, (name, panel) in zip(axes, panels.items()):
         unknown = set(panel) - {"predicted", "measured"}
@@ -525,10 +730,22 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
             ax.plot(x, y, color=colors[label], marker="o", markersize=4, linewidth=1.4, alpha=0.9,
                     label=label, zorder=2)
         for (label, (x, y)), dash in zip(panel.get("predicted", {}).items(), _PREDICTION_DASHES * 4):
+            dash = shared_dashes[label] if legend == "figure" else dash
             ax.plot(x, y, color="0.1", linestyle=dash, linewidth=2.2, label=label, zorder=3)
         if log.get(name, True) if isinstance(log, Mapping) else log:
             ax.set_yscale("log")
         _label_panel(ax, xlabel, ylabel, name)
+    if legend == "figure":
+        handles = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+            ax.get_legend().remove()
+        per_panel = [set(p.get("measured", {})) | set(p.get("predicted", {})) for p in panels.values()]
+        shared = len(set().union(*per_panel)) < sum(len(labels) for labels in per_panel)
+        # shared labels: one row (up to 4 columns); each panel its own labels: one column per panel, in order
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center",
+                   ncols=min(len(handles), 4) if shared else len(panels))
     if title:
         fig.suptitle(title)
     return fig
@@ -601,7 +818,7 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
     return fig
 
 
-__all__ += ["plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
+__all__ += ["prediction_table", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 
 # --------------------------------------------------------------------------
@@ -611,29 +828,45 @@ _KIND_COLORS = {"binary": "#f4a582", "real": "#92c5de", "io": "#f7f7f7"}
 
 
 def _draw_block(ax, reduction: bool) -> None:
-    """One ReActNet-A block (mode bf) as boxes and arrows, top to bottom, on ``ax``."""
+    """One ReActNet-A block (mode bf) as boxes and arrows, top to bottom, on ``ax``.
+
+    Every arrow runs vertically or horizontally and stops a little outside the
+    box it points at: its shrink is the measured half height (or half width) of
+    that box, so two-line boxes do not hide the arrowhead.
+    """
     ax.set_axis_off()
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.03, 1.02)
     main, left, right = 0.5, 0.08, 0.92
     rows = np.linspace(0.98, 0.0, 15 if reduction else 14)  # one row per box on the main line
+    boxes = {}                                               # (x, y) -> the Text drawn there
+    line = dict(color="0.3", lw=1.1, zorder=1)
 
     def box(x, y, text, kind):
-        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3,
-                bbox=dict(boxstyle="round,pad=0.35", fc=_KIND_COLORS[kind], ec="0.35"))
+        boxes[(x, y)] = ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3,
+                                bbox=dict(boxstyle="round,pad=0.35", fc=_KIND_COLORS[kind], ec="0.35"))
 
-    def arrow(x0, y0, x1, y1, from_box=True):
-        # shrink: stop at the box edges rather than at their centres
+    def half(point, vertical):
+        # Half height (vertical arrow) or half width of the box at ``point``, in points, plus a gap.
+        text = boxes.get(point)
+        if text is None:
+            return 0.0
+        extent = text.get_window_extent()                   # the text alone, in pixels
+        size = (extent.height if vertical else extent.width) * 72 / ax.figure.dpi
+        return size / 2 + 0.35 * text.get_fontsize() + 2.0  # + the box's pad + a gap
+
+    def arrow(x0, y0, x1, y1):
+        vertical = x0 == x1
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
                     arrowprops=dict(arrowstyle="-|>", color="0.3", lw=1.1,
-                                    shrinkA=8 if from_box else 0, shrinkB=8))
+                                    shrinkA=half((x0, y0), vertical), shrinkB=half((x1, y1), vertical)))
 
     def skip(y_from, y_to, x_side, x_to):
         # A shortcut: leaves the main line at a dot just below y_from, runs along x_side.
         y_split = y_from - 0.022
-        ax.plot([main, x_side, x_side], [y_split, y_split, y_to], color="0.3", lw=1.1, zorder=1)
+        ax.plot([main, x_side, x_side], [y_split, y_split, y_to], **line)
         ax.plot([main], [y_split], "o", color="0.3", markersize=3.5, zorder=2)
-        arrow(x_side, y_to, x_to, y_to, from_box=False)
+        arrow(x_side, y_to, x_to, y_to)
 
     def chain(x, items, first_row):
         for k, (text, kind) in enumerate(items):
@@ -643,27 +876,38 @@ def _draw_block(ax, reduction: bool) -> None:
 
     stride = 2 if reduction else 1
     # Half 1: sign of the rescaled input, 3x3 binary conv, x alpha, + shortcut, RPReLU.
-    chain(main, [("x   (C×H×W)", "io"), ("× 1/β₁", "real"), ("RSign₁: sign(· + b)", "binary"),
+    # Each RSign has its own bias (b₁, b₂), each RPReLU its own shifts and slope.
+    chain(main, [("x   (C×H×W)", "io"), ("× 1/β₁", "real"), ("RSign₁: sign(· + b₁)", "binary"),
                  (f"3×3 binary conv, stride {stride}\n(scaled WS · gain)", "binary"),
                  ("× α", "real"), ("+", "real"), ("RPReLU₁  → y", "real"),
-                 ("× 1/β₂", "real"), ("RSign₂: sign(· + b)", "binary")], 0)
+                 ("× 1/β₂", "real"), ("RSign₂: sign(· + b₂)", "binary")], 0)
     # The half-1 shortcut is x itself, or avgpool(x/β₁) in a reduction block.
     skip(rows[1] if reduction else rows[0], rows[5], left, main)
     if reduction:
         box(left, (rows[1] + rows[5]) / 2, "avgpool\n2×2", "real")
     # Half 2: one 1x1 conv, or two on the same signs (concatenated: 2C channels).
     columns = [main - 0.2, main + 0.2] if reduction else [main]
+    split, join = (rows[8] + rows[9]) / 2, (rows[11] + rows[12]) / 2
+    if reduction:   # the signs fork to both 1x1 convs; both sums meet at the concat
+        ax.plot([main, main], [rows[8], split], **line)
+        ax.plot([columns[0], columns[-1]], [split, split], **line)
+        ax.plot([columns[0], columns[-1]], [join, join], **line)
+        ax.plot([main], [split], "o", color="0.3", markersize=3.5, zorder=2)
     for k, x in enumerate(columns):
         suffix = f" {'ab'[k]}" if reduction else ""
         chain(x, [("1×1 binary conv" + suffix, "binary"), ("× α", "real"), ("+ y", "real")], 9)
-        arrow(main, rows[8], x, rows[9])
+        if reduction:
+            arrow(x, split, x, rows[9])
+            ax.plot([x, x], [rows[11], join], **line)
+        else:
+            arrow(main, rows[8], x, rows[9])
         skip(rows[6], rows[11], left if k == 0 else right, x)   # y joins every 1x1 branch
     out = "out   (2C×H/2×W/2)" if reduction else "out   (C×H×W)"
     tail = ([("concat → 2C channels", "real")] if reduction else []) + [("RPReLU₂", "real"), (out, "io")]
     chain(main, tail, 12)
-    for x in columns:
-        arrow(x, rows[11], main, rows[12])
-    ax.set_title("Reduction block (blocks 2, 4, 6, 12)" if reduction else
+    arrow(main, join if reduction else rows[11], main, rows[12])
+    ax.set_title("Reduction block (blocks 2, 4, 6, 12); block 1 is wired\nthe same way but with stride 1 "
+                 "and shortcut x (no avgpool)" if reduction else
                  "Normal block (blocks 3, 5, 7–11, 13)")
 
 
@@ -671,7 +915,9 @@ def plot_block_diagram(title: str | None = None):
     """The two ReActNet-A block types of the BN-free (``bf``) network, as a diagram.
 
     Left a normal block, right a reduction block (stride-2 3×3 conv,
-    average-pooled shortcut, two 1×1 convs concatenated to 2C channels).
+    average-pooled shortcut, two 1×1 convs concatenated to 2C channels);
+    block 1 doubles its channels like the right drawing but with stride 1
+    and ``x`` itself as the first shortcut, as its panel title says.
     Binary operations (±1 inputs) are orange, real-valued per-channel or
     elementwise ones blue. Drawn from the wiring of
     :class:`bnn_helpers.models.reactnet_a.ReActBlockA`; no model is built.
@@ -693,6 +939,20 @@ _SPEED_PATHS = {"float": "float simulation", "reference": "packed reference",
                 "native": "packed, native kernel"}
 
 
+def _wrap_at_commas(text: str, width: int) -> str:
+    """Break ``text`` into lines only after its commas, each line at most ``width``
+    characters where the pieces allow: "digits bf, batch 64" -> "digits bf,\nbatch 64"."""
+    lines = []
+    for piece in text.split(", "):
+        if lines and len(lines[-1]) + 2 + len(piece) <= width:
+            lines[-1] += ", " + piece
+        else:
+            if lines:
+                lines[-1] += ","
+            lines.append(piece)
+    return "\n".join(lines)
+
+
 def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency: pd.DataFrame,
                             ops_network: str = "ReActNet-A", title: str | None = None):
     """Three panels: model size, real-valued operations per block, inference speed.
@@ -711,16 +971,19 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     plain_numbers = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 10, not 10^1
 
     ax = axes[0]
-    labels = [("digits" if m.startswith("digits") else "1000 cl.") + f"\n{n}"
-              for m, n in zip(sizes["model"], sizes["norm"])]
     xs = np.arange(len(sizes))
     ax.bar(xs - 0.2, sizes["float32 MB"], 0.4, label="float32 checkpoint", color=palette[0])
     ax.bar(xs + 0.2, sizes["packed MB"], 0.4, label="packed (bits + folded constants)", color=palette[1])
     for x, f, p in zip(xs, sizes["float32 MB"], sizes["packed MB"]):
         ax.text(x + 0.2, p * 1.15, f"{f / p:.0f}×", ha="center", fontsize="small")
-    ax.set(yscale="log", xticks=xs, xticklabels=labels, xlabel="model and normalization mode",
+    ax.set(yscale="log", xticks=xs, xticklabels=list(sizes["norm"]),
            ylabel="size (MB, log scale)", title="Model size: float32 checkpoint vs packed",
            ylim=(sizes["packed MB"].min() / 2, sizes["float32 MB"].max() * 8))
+    for model in dict.fromkeys(sizes["model"]):   # one label under the bars of each model, in full
+        ax.annotate(_wrap_at_commas(str(model), 20), xy=(xs[(sizes["model"] == model).to_numpy()].mean(), 0),
+                    xycoords=("data", "axes fraction"), xytext=(0, -22), textcoords="offset points",
+                    ha="center", va="top", fontsize="small")
+    ax.set_xlabel("normalization mode, under each model", labelpad=36)
 
     ax = axes[1]
     series = [("bn", "float", "bn, float simulation"), ("bn", "folded", "bn, folded"),
@@ -746,7 +1009,7 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
         ax.bar(xs + (k - (len(paths) - 1) / 2) * width, latency[path], width, color=palette[k],
                label=_SPEED_PATHS[path])
     ms = latency[paths].to_numpy()
-    ax.set(xticks=xs, xticklabels=[textwrap.fill(str(n), 16) for n in latency.index], yscale="log",
+    ax.set(xticks=xs, xticklabels=[_wrap_at_commas(str(n), 16) for n in latency.index], yscale="log",
            ylim=(ms.min() / 2, ms.max() * 8), xlabel="network and batch",
            ylabel="CPU ms per image (one thread, log)", title="Inference speed")
     ax.legend(loc="upper right")

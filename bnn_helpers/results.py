@@ -24,8 +24,8 @@ import yaml
 
 from .paths import repo_root
 
-__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "final_epoch", "collect_run",
-           "read_runs", "seed_summary", "share_above_chance"]
+__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
+           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -101,6 +101,19 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
 
 
+def seed_table(runs: pd.DataFrame, by: str, value: str) -> pd.DataFrame:
+    """Mean, standard deviation over seeds, min and max of ``value`` per ``by`` group.
+
+    ``runs``: one row per run (e.g. columns estimator, seed, val_top1). The
+    standard deviation is the sample one (``ddof=1``), NaN for a group with one
+    run; groups keep their order of first appearance.
+    """
+    grouped = runs.groupby(by, sort=False)[value]
+    table = grouped.agg(["mean", "min", "max"])
+    table.insert(1, "std", grouped.std(ddof=1))
+    return table
+
+
 def seed_summary(best: pd.DataFrame, order=None) -> pd.DataFrame:
     """Mean, sample std, min, max and count over seeds, one row per (mode, step), plus two printable columns.
 
@@ -114,8 +127,8 @@ def seed_summary(best: pd.DataFrame, order=None) -> pd.DataFrame:
         raise ValueError("seed_summary needs one row per (mode, seed): index levels (mode, seed)")
     long = best.stack().rename("value").reset_index()
     mode, step = best.index.names[0] or "level_0", long.columns[-2]
-    table = long.groupby([mode, step])["value"].agg(mean="mean", min="min", max="max", seeds="count")
-    table.insert(1, "std", long.groupby([mode, step])["value"].std(ddof=1))
+    table = seed_table(long, [mode, step], "value").sort_index()   # mean, std, min, max
+    table["seeds"] = long.groupby([mode, step])["value"].count()
     if order is not None:
         table = table.reindex(list(order), level=0)
     table["mean ± std"] = [f"{m:.1f}" if pd.isna(s) else f"{m:.1f} ± {s:.1f}" for m, s in zip(table["mean"], table["std"])]
@@ -149,6 +162,34 @@ def final_epoch(run_dir: str | Path) -> dict:
     share = summary["agc_clip_share"].mean() if "agc_clip_share" in summary else float("nan")
     return {"epochs done": len(summary), "final train loss": float(last.get("train_loss", float("nan"))),
             "final val top-1 %": float(last.get("val_top1", float("nan"))), "mean clipped share": float(share)}
+
+
+def outcomes_table(runs: Mapping, keys=("setting",)) -> pd.DataFrame:
+    """One row per training run: its key, how it ended, and its :func:`final_epoch`.
+
+    ``runs``: ``{key: outcome}`` with outcomes of
+    :func:`bnn_helpers.train.run_or_load_outcome` (``run_dir``, ``diverged``,
+    ``message``); a tuple key is spread over the columns named by ``keys``.
+    Key parts are written as text, so that they index a pivot: numbers with
+    ``:g``, ``None`` as ``"off"``. Columns: the keys, ``outcome`` ("finished" or
+    "diverged"), ``stopped at`` (where a diverged run stopped, else ""), the
+    columns of :func:`final_epoch`, and ``run_dir``.
+    """
+    if not runs:
+        raise ValueError("outcomes_table needs at least one run: {key: outcome}")
+
+    def text(value):
+        return "off" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+    rows = []
+    for key, (run_dir, diverged, message) in runs.items():
+        values = key if isinstance(key, tuple) else (key,)
+        if len(values) != len(keys):
+            raise ValueError(f"key {key!r} does not match the column names {tuple(keys)!r}")
+        rows.append({**{k: text(v) for k, v in zip(keys, values)},
+                     "outcome": "diverged" if diverged else "finished", "stopped at": message if diverged else "",
+                     **final_epoch(run_dir), "run_dir": Path(run_dir)})
+    return pd.DataFrame(rows)
 
 
 def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep",

@@ -54,6 +54,8 @@ from ``best.pth``, keeping the damaged file as ``last.pth.old``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -65,15 +67,16 @@ import torch.distributed as dist
 # build_model, load_trained, model_from_checkpoint, read_checkpoint, steps_of: re-exported for
 # the notebooks, which import them from here.
 from .checkpoints import build_model, load_trained, model_from_checkpoint, read_checkpoint
-from .config import TrainError, describe_keys, load_config, parse_cli_overrides, run_dir_of, steps_of
+from .config import DivergedError, TrainError, describe_keys, load_config, parse_cli_overrides, run_dir_of, steps_of
 from .engine import Interrupted, Trainer
 from .preflight import RESUME_ADJUSTABLE
-from .run_dir import SUMMARY_COLUMNS, finished_run
+from .run_dir import DRIVING_KEYS, SUMMARY_COLUMNS, finished_run, plain
 from .runtime import determinism, reuse_freed_memory, stop_on_signals
 
 __all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
            "model_from_checkpoint", "read_checkpoint", "SUMMARY_COLUMNS", "RESUME_ADJUSTABLE",
-           "TrainError", "Trainer", "run_with_outcome", "RunOutcome"]
+           "TrainError", "DivergedError", "Trainer", "run_with_outcome", "RunOutcome",
+           "TrainingOutcome", "settings_name", "run_or_load_outcome"]
 
 
 class RunOutcome(NamedTuple):
@@ -137,6 +140,52 @@ def run_or_load(config=None, overrides=None, **kwargs) -> Path:
     if finished_run(run_dir, cfg):
         return run_dir
     return run(config, {**merged, "overwrite": True, "resume": False})
+
+
+class TrainingOutcome(NamedTuple):
+    """How a cached training run ended (:func:`run_or_load_outcome`)."""
+    run_dir: Path
+    diverged: bool
+    message: str        # "finished", or where it diverged: "loss became non-finite in step 1, epoch 1, batch 15"
+
+
+def settings_name(cfg: dict, prefix: str = "run") -> str:
+    """``<prefix>_<10 hex digits>``: a run name that changes with every setting that changes the result.
+
+    The digits hash the resolved config ``cfg`` without the settings that only
+    drive, log or name a run (:data:`bnn_helpers.run_dir.DRIVING_KEYS`: progress,
+    threads, name, ...), so equal settings give equal names.
+    """
+    computing = {k: v for k, v in plain(cfg).items() if k not in DRIVING_KEYS}
+    digest = hashlib.sha1(json.dumps(computing, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{prefix}_{digest}"
+
+
+def run_or_load_outcome(config=None, overrides=None, *, prefix: str = "run", **kwargs) -> TrainingOutcome:
+    """:func:`run_or_load` under a name of its settings, with divergence as an outcome instead of an error.
+
+    Without ``name`` or ``run_dir`` among the overrides the run is named by
+    :func:`settings_name` (``runs/<prefix>_<digest>``), so every setting gets its
+    own cached run and a second call with the same settings loads it. A run
+    whose loss or weights become non-finite (the engine's
+    :class:`~bnn_helpers.config.DivergedError`) returns ``diverged=True`` and
+    the engine's message up to its first ``;``; it is not cached, so a second
+    call trains it again (it stops as early). Any other error is raised, and a
+    run stopped by a signal (SIGINT: a kernel interrupt) raises ``KeyboardInterrupt``.
+    """
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_cli_overrides(list(overrides))
+    merged = {**(overrides or {}), **kwargs}
+    if not merged.get("name") and not merged.get("run_dir"):
+        merged["name"] = settings_name(load_config(config, merged), prefix)
+    try:
+        run_dir = run_or_load(config, merged)
+    except DivergedError as err:
+        return TrainingOutcome(run_dir_of(load_config(config, merged)), True, str(err).split(";")[0])
+    if not finished_run(run_dir, load_config(config, merged)):   # a signal (a kernel interrupt) stopped it
+        raise KeyboardInterrupt(f"training was interrupted; {run_dir} holds its last checkpoint, and the "
+                                "next call with the same settings starts it again")
+    return TrainingOutcome(run_dir, False, "finished")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -383,13 +383,14 @@ def test_unitwise_ratios_known_answer_and_kinds():
     layer.bias.grad = torch.tensor([3e-3, 4e-3])
     table = D.unitwise_ratios(layer, eps=1e-3)
     assert list(table["ratio"]) == pytest.approx([0.2, 2.0, 5.0])        # 1/5; 2e-3/eps; 5e-3/eps
-    assert list(table["kind"]) == ["other weights"] * 2 + ["biases, PReLU slopes"]
+    assert list(table["kind"]) == ["other weights"] * 2 + ["biases and shifts"]
 
     model = small("reactnet_a_bf", binary_weights=False)
     model(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
     table = D.unitwise_ratios(model)
     counts = table["kind"].value_counts()
-    assert set(counts.index) == {"classifier", "stem", "block conv weights", "WS gains", "biases, PReLU slopes"}
+    assert set(counts.index) == {"classifier", "stem", "block conv weights", "WS gains", "biases and shifts",
+                                 "PReLU slopes"}
     assert counts["classifier"] == 10 + 1                                  # 10 weight rows + the bias
     assert counts["WS gains"] == counts["block conv weights"]              # one gain per output channel
     # AGC clips exactly the units above lambda (the classifier aside): the same share as agc_clipped_share.

@@ -1,0 +1,171 @@
+"""Helpers that keep notebooks 07 and 08 short: GPU estimates, config comparison, figure
+ranges and labels, flip reports, train-mode dependence, tampered files, op differences."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from bnn_helpers import create_model, deploy  # noqa: E402
+from bnn_helpers import plotting as P  # noqa: E402
+from bnn_helpers.complexity import inference_op_table, op_difference  # noqa: E402
+from bnn_helpers.diagnostics import describe_flips, train_mode_dependence  # noqa: E402
+from bnn_helpers.launch import config_changes, format_estimates, gpu_training_estimates  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+# -- launch.py: planning helpers ------------------------------------------------
+def test_gpu_training_estimates_follow_the_formula():
+    table = gpu_training_estimates(50e9, {"slow": 100, "fast": 400}, utilisation=(0.1, 0.3),
+                                   train_images=1_000_000, epochs=10, gpus=8, loader_images_per_s=500)
+    rate = 100e12 * 0.1 / 50e9                                          # 200 images/s
+    assert table.loc["slow", ("images/s per GPU", 0.1)] == pytest.approx(rate)
+    assert table.loc["slow", ("minutes per epoch, 1 GPU", 0.1)] == pytest.approx(1e6 / rate / 60)
+    assert table.loc["slow", ("days, 10 epochs, 8 GPUs", 0.1)] == pytest.approx(10 * 1e6 / (8 * rate) / 86400)
+    assert table.loc["fast", ("loader processes per GPU", 0.3)] == pytest.approx(400e12 * 0.3 / 50e9 / 500)
+    assert "loader processes per GPU" not in gpu_training_estimates(50e9, {"a": 1}).columns.get_level_values(0)
+    with pytest.raises(ValueError):
+        gpu_training_estimates(0, {"a": 1})
+
+
+def test_format_estimates_prints_ranges_low_to_high():
+    text = format_estimates(gpu_training_estimates(50e9, {"slow": 100}, utilisation=(0.1, 0.3),
+                                                   train_images=1_000_000, epochs=10, gpus=8))
+    assert list(text.index) == ["slow: 100 TFLOPS"]
+    assert text.loc["slow: 100 TFLOPS", "images/s per GPU"] == "200–600"
+    assert text.loc["slow: 100 TFLOPS", "minutes per epoch, 1 GPU"] == "28–83"      # low rate = long epoch
+    assert text.loc["slow: 100 TFLOPS", "days, 10 epochs, 8 GPUs"] == "0.0–0.1"
+
+
+def test_config_changes_hides_machine_paths(tmp_path):
+    cfg = {"batch_size": 256, "data_dir": "/path/to/imagenet", "epochs": 256}
+    table = config_changes(cfg, {"batch_size": 32, "data_dir": str(tmp_path / "digits"), "unknown": 1})
+    assert list(table.index) == ["batch_size", "data_dir"]                   # keys cfg does not know: left out
+    assert table.loc["batch_size", "ImageNet run"] == 256 and table.loc["batch_size", "CPU demo"] == 32
+    assert table.loc["data_dir", "CPU demo"].startswith("<tmp>") and str(tmp_path) not in table.to_string()
+
+
+# -- plotting.py -----------------------------------------------------------------
+def _stats_run(folder, weight_balance):
+    folder.mkdir(parents=True)
+    rows = [{"step": step, "epoch": 1, "iteration": i, "optimizer_step": i + 1, "flip_ratio": 1e-3,
+             "weight_sign_balance": weight_balance + 1e-5 * i, "act_sign_balance": math.nan if i == 0 else 0.6 + 0.05 * i,
+             "agc_clip_share": 0.01} for step in (1, 2) for i in range(5)]
+    pd.DataFrame(rows).to_csv(folder / "stats.csv", index=False)
+    return folder
+
+
+def test_training_stats_balance_panels_have_a_minimum_range_and_shared_ticks(tmp_path):
+    fig = P.plot_training_stats(_stats_run(tmp_path / "run", 0.5003))
+    flips, weights, acts, agc = fig.axes
+    low, high = weights.get_ylim()
+    assert high - low == pytest.approx(P._MIN_BALANCE_SPAN) and low < 0.5003 < high   # noise reads as flat
+    assert acts.get_ylim()[1] - acts.get_ylim()[0] > P._MIN_BALANCE_SPAN              # a real trend keeps its range
+    assert all(ax.get_xlim() == flips.get_xlim() for ax in fig.axes)                 # one x axis, one set of ticks
+    assert all(list(ax.get_xticks()) == list(flips.get_xticks()) for ax in fig.axes)
+
+
+def test_accuracy_curves_loss_band_zooms_the_loss_panel(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    pd.DataFrame([{"epoch": e, "step": s, "train_loss": 2.3, "train_top1": 10.0, "val_loss": 2.31,
+                   "val_top1": 11.0} for s in (1, 2) for e in (1, 2)]).to_csv(folder / "summary.csv", index=False)
+    fig = P.plot_accuracy_curves({"demo": folder}, chance=10, loss_band=0.5)
+    assert fig.axes[1].get_ylim() == pytest.approx((math.log(10) - 0.5, math.log(10) + 0.5))
+    assert "± 0.5" in fig.axes[1].get_title()
+    with pytest.raises(ValueError, match="loss_band"):
+        P.plot_accuracy_curves({"demo": folder}, loss_band=0.5)
+
+
+def test_wrap_at_commas_breaks_only_after_commas():
+    assert P._wrap_at_commas("digits bf, batch 64", 16) == "digits bf,\nbatch 64"
+    assert P._wrap_at_commas("1000-class bf, width 1, 224 px, batch 1", 16) == "1000-class bf,\nwidth 1, 224 px,\nbatch 1"
+    assert P._wrap_at_commas("short", 16) == "short"
+
+
+def test_deployment_summary_names_the_models_in_full():
+    sizes = pd.DataFrame({"model": ["digits, width 1/4", "ReActNet-A, width 1, 1000 classes"], "norm": ["bf", "bf"],
+                          "float32 MB": [7.1, 117.3], "packed MB": [0.3, 7.9]})
+    real_ops = pd.DataFrame(np.ones((2, 4)) * 1e6, index=["stem", "head"],
+                            columns=pd.MultiIndex.from_product([["bf", "bn"], ["float", "folded"]]))
+    latency = pd.DataFrame({"float": [1.0]}, index=["digits bf, batch 64"])
+    size_ax, _, speed_ax = P.plot_deployment_summary(sizes, real_ops, latency).axes
+    assert [t.get_text() for t in size_ax.get_xticklabels()] == ["bf", "bf"]
+    assert [t.get_text() for t in size_ax.texts if "classes" in t.get_text() or "digits" in t.get_text()] == [
+        "digits, width 1/4", "ReActNet-A, width 1,\n1000 classes"]
+    assert [t.get_text() for t in speed_ax.get_xticklabels()] == ["digits bf,\nbatch 64"]
+
+
+# -- diagnostics.py ----------------------------------------------------------------
+def test_train_mode_dependence_is_zero_without_batchnorm_only():
+    g = torch.Generator().manual_seed(0)
+    batch, companions = torch.randn(4, 6, generator=g), torch.randn(3, 6, generator=g) + 2
+    plain = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with_bn = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)).eval()
+    assert train_mode_dependence(plain, batch, companions) == {"train vs eval mode": 0.0,
+                                                               "batch coupling (train mode)": 0.0}
+    running_mean = with_bn[1].running_mean.clone()
+    result = train_mode_dependence(with_bn, batch, companions)
+    assert result["train vs eval mode"] > 1e-3 and result["batch coupling (train mode)"] > 1e-3
+    assert not with_bn.training and torch.equal(with_bn[1].running_mean, running_mean)   # the model is untouched
+    with pytest.raises(ValueError):
+        train_mode_dependence(plain, batch, companions[:1])
+
+
+def _per_image(flips):
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5]])
+    moved = logits.clone()
+    moved[1] = torch.tensor([3.0, 0.0])                      # image 1's prediction changes
+    return {"flips": torch.tensor(flips), "rel_err": torch.tensor([1e-7, 1.0, 2e-7]),
+            "logits_f": logits, "logits_p": moved}
+
+
+def test_describe_flips_says_what_happened():
+    none = describe_flips(_per_image([0, 0, 0]) | {"rel_err": torch.tensor([1e-7, 3e-7, 2e-7])})
+    assert none.startswith("no sign flipped: all 3 images") and "3.0e-07" in none and "\n" not in none
+    some = describe_flips(_per_image([0, 4, 0]))
+    first, detail = some.split("\n")
+    assert first.startswith("4 sign(s) flipped, in 1 image(s)") and "2.0e-07" in first
+    assert "image 1: 4 sign(s)" in detail and "different predictions (1 float, 0 packed)" in detail
+
+
+# -- deploy.py / complexity.py ------------------------------------------------------------
+def test_flip_stored_bit_changes_one_byte_and_load_packed_refuses(tmp_path):
+    from safetensors.torch import load_file
+
+    packed = deploy.pack(create_model("reactnet_a_bf", binary_weights=True, width_mult=0.25, num_classes=10).eval())
+    path = tmp_path / "m.safetensors"
+    deploy.save_packed(packed, path)
+    tampered = deploy.flip_stored_bit(path, "blocks.3.conv3x3.weight_bits", tmp_path / "t.safetensors")
+    original, changed = load_file(path), load_file(tampered)
+    assert sum(int((original[k] != changed[k]).sum()) for k in original) == 1
+    assert not torch.equal(original["blocks.3.conv3x3.weight_bits"], changed["blocks.3.conv3x3.weight_bits"])
+    with pytest.raises(ValueError, match="sha256"):
+        deploy.load_packed(tampered)
+    with pytest.raises(KeyError):
+        deploy.flip_stored_bit(path, "no.such.tensor", tmp_path / "x.safetensors")
+
+
+def test_op_difference_after_folding_is_only_the_bn_stem_bias():
+    nets = {n: create_model(f"reactnet_a_{n}", binary_weights=True, width_mult=0.25, num_classes=10).eval()
+            for n in ("bf", "bn")}
+    ops = pd.concat([inference_op_table(m, (3, 32, 32)) for m in nets.values()])
+    diff = op_difference(ops)
+    assert list(diff.index)[0] == "stem" and list(diff.index)[-1] == "head"
+    assert (diff.drop(index="stem") == 0).all().all()
+    assert diff.loc["stem", "shift"] == diff.loc["stem", "real_ops"] == nets["bn"].stem.conv.out_channels * 16 ** 2
+    assert (op_difference(ops, stage="float").drop(index=["stem", "head"])["real_ops"] != 0).any()
+    with pytest.raises(ValueError, match="no rows"):
+        op_difference(ops, minuend="none")

@@ -1,0 +1,63 @@
+"""diagnostics.sign_inputs and plotting.plot_sign_input_histograms."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bnn_helpers import create_model  # noqa: E402
+from bnn_helpers import diagnostics as D  # noqa: E402
+from bnn_helpers import plotting as P  # noqa: E402
+from bnn_helpers.layers import RSign  # noqa: E402
+
+
+def _tiny(mode):
+    torch.manual_seed(0)
+    return create_model(f"reactnet_a_{mode}", num_classes=10, width_mult=0.125)
+
+
+def test_sign_inputs_are_the_shifted_inputs_of_every_rsign_of_the_block():
+    model = _tiny("bn").train()
+    x = torch.randn(4, 3, 32, 32)
+    seen = []
+    handles = [m.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0])))
+               for m in model.blocks[0].modules() if isinstance(m, RSign)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    running = model.blocks[0].norm1.running_mean.clone()
+    values = D.sign_inputs(model, x, max_values=10**9)
+    with torch.no_grad():
+        expected = torch.cat([m.shift(u).flatten() for m, u in seen]).double().numpy()
+    np.testing.assert_array_equal(np.sort(values["block1"]), np.sort(expected))
+    assert set(values) == {f"block{i}" for i in range(1, len(model.blocks) + 1)}
+    assert torch.equal(model.blocks[0].norm1.running_mean, running)   # BN statistics restored
+    assert not any(m._forward_hooks for m in model.modules())          # hooks removed
+
+
+def test_sign_inputs_subsample_is_reproducible_and_capped():
+    model = _tiny("bf").eval()
+    x = torch.randn(2, 3, 32, 32)
+    a, b = D.sign_inputs(model, x, max_values=50), D.sign_inputs(model, x, max_values=50)
+    assert all(v.size <= 50 for v in a.values())
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_plot_sign_input_histograms_draws_one_panel_per_network_and_block():
+    rng = np.random.default_rng(0)
+    inputs = {"bn": {"block1": rng.normal(size=1000), "block2": rng.normal(size=1000)},
+              "none": {"block1": 50 * rng.normal(size=1000), "block2": rng.normal(size=1000)}}
+    fig = P.plot_sign_input_histograms(inputs, ["block1", "block2"])
+    axes = fig.axes
+    assert len(axes) == 4
+    # Titles report the shares: about 68 % of a unit normal lies inside |u| < 1.
+    share = float(np.mean(np.abs(inputs["bn"]["block1"]) < 1))
+    assert f"{share:.0%} in window" in axes[0].get_title()
+    assert all(ax.get_xscale() == "symlog" for ax in axes)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="block9"):
+        P.plot_sign_input_histograms(inputs, ["block9"])
