@@ -695,8 +695,9 @@ def _panels_from_table(table: pd.DataFrame) -> dict:
 
 
 def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]] | pd.DataFrame,
-                               xlabel: str, ylabel: str, title: str | None = None,
-                               log: bool | Mapping[str, bool] = True, legend: str = "panels"):
+                               xlabel: str | Mapping[str, str], ylabel: str, title: str | None = None,
+                               log: bool | Mapping[str, bool] = True, legend: str = "panels",
+                               colors: Mapping[str, object] | None = None):
     """One panel per entry of ``panels``: predictions as dark dashed lines, measurements as coloured markers.
 
     ``panels``: a :func:`prediction_table` (one panel per value of its ``panel``
@@ -710,6 +711,9 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
     ``legend="figure"`` draws one legend for all panels, below them (each
     prediction label then keeps one dash pattern across panels): in one row
     when panels share labels, else one column per panel, in panel order.
+    ``xlabel`` is one label for every panel or ``{panel title: label}``;
+    ``colors`` (``{measured label: matplotlib colour}``) fixes some series'
+    colours, e.g. to match another figure; the others keep the palette.
     """
     if isinstance(panels, pd.DataFrame):
         panels = _panels_from_table(panels)
@@ -718,7 +722,7 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
     if legend not in ("panels", "figure"):
         raise ValueError(f"legend must be 'panels' or 'figure', got {legend!r}")
     measured_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("measured", {})))
-    colors = dict(zip(measured_labels, _colors(len(measured_labels))))
+    colors = {**dict(zip(measured_labels, _colors(len(measured_labels)))), **(colors or {})}
     predicted_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("predicted", {})))
     shared_dashes = dict(zip(predicted_labels, _PREDICTION_DASHES * (len(predicted_labels) // 4 + 1)))
     fig, axes = _figure(len(panels))
@@ -734,7 +738,7 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
             ax.plot(x, y, color="0.1", linestyle=dash, linewidth=2.2, label=label, zorder=3)
         if log.get(name, True) if isinstance(log, Mapping) else log:
             ax.set_yscale("log")
-        _label_panel(ax, xlabel, ylabel, name)
+        _label_panel(ax, xlabel[name] if isinstance(xlabel, Mapping) else xlabel, ylabel, name)
     if legend == "figure":
         handles = {}
         for ax in axes:

@@ -191,6 +191,17 @@ def test_predicted_vs_measured_draws_predictions_on_top():
         P.plot_predicted_vs_measured({"p": {"expected": {}}}, "x", "y")
 
 
+def test_predicted_vs_measured_per_panel_xlabels_and_fixed_colours():
+    x = np.arange(3)
+    panels = {"toy": {"measured": {"A": (x, x + 1.0), "B": (x, x + 2.0)}}, "net": {"measured": {"A": (x, x + 1.0)}}}
+    fig = P.plot_predicted_vs_measured(panels, xlabel={"toy": "block l (0: input)", "net": "block l"}, ylabel="v",
+                                       colors={"B": "red"})
+    toy, net = fig.axes
+    assert toy.get_xlabel() == "block l (0: input)" and net.get_xlabel() == "block l"
+    colours = {l.get_label(): l.get_color() for l in toy.lines}
+    assert colours["B"] == "red" and colours["A"] != "red"
+
+
 def test_unitwise_ratios_plot_one_box_per_kind_and_the_clip_line():
     ratios = pd.DataFrame({"kind": ["a"] * 5 + ["b"] * 3, "ratio": [0.001, 0.01, 0.1, 1.0, 0.0, 5, 6, 7]})
     fig = P.plot_unitwise_ratios(ratios, clip_factor=0.02)
