@@ -786,19 +786,20 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
 def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], metric: str = "val_top1",
                         ylabel: str = "validation top-1 (%)", chance: float | None = None,
                         styles: Mapping[str, str] | None = None, ncols: int | None = None,
-                        title: str | None = None):
+                        title: str | None = None, colors: Mapping[str, object] | None = None):
     """Several small comparisons of training runs: one panel per ``{panel title: {label: run directory}}``.
 
     Each run contributes ``metric`` per epoch from its ``summary.csv`` (step 1
     then step 2, counted on). A run that stopped before its first epoch ended
     (no rows) still gets a legend entry, ending in "(no epoch finished)".
     ``styles`` maps a label to a matplotlib linestyle; ``chance`` draws a grey
-    horizontal line. Epoch ticks are integers.
+    horizontal line. Epoch ticks are integers. ``colors`` (``{label:
+    matplotlib colour}``) fixes some labels' colours; the others keep the palette.
     """
     if not panels:
         raise ValueError("plot_run_comparison needs at least one panel: {title: {label: run directory}}")
     labels = list(dict.fromkeys(label for runs in panels.values() for label in runs))
-    colors = dict(zip(labels, _colors(len(labels))))
+    colors = {**dict(zip(labels, _colors(len(labels)))), **(colors or {})}
     fig, axes = _figure(len(panels), ncols=ncols or min(len(panels), 2))
     for ax, (name, runs) in zip(axes, panels.items()):
         for label, run in runs.items():

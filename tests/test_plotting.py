@@ -234,6 +234,15 @@ def test_run_comparison_one_panel_per_group_and_a_stopped_run_in_the_legend(tmp_
 def test_run_comparison_one_epoch_keeps_integer_limits(tmp_path):
     fig = P.plot_run_comparison({"p": {"a": write_run(tmp_path / "a", epochs=(1,))}}, chance=10)
     assert fig.axes[0].get_xlim() == (0.5, 1.5)
+
+
+def test_run_comparison_fixed_colours(tmp_path):
+    a = write_run(tmp_path / "a", epochs=(1,))
+    fig = P.plot_run_comparison({"p": {"a": a, "b": a}}, colors={"b": "red"})
+    colours = {l.get_label(): l.get_color() for l in fig.axes[0].lines}
+    assert colours["b"] == "red" and colours["a"] != "red"
+
+
 def test_accuracy_curves_draw_the_chance_level(tmp_path):
     fig = P.plot_accuracy_curves({"run": write_run(tmp_path / "run")}, chance=10.0)
     ax_acc, ax_loss = fig.axes
