@@ -185,8 +185,9 @@ def test_init_signal_propagation_init_hook():
 
     def reinit(norm, model):
         seen.append(norm)
+        from bnn_helpers.layers import BinaryConv2d
         for m in model.modules():
-            if getattr(m, "binary_weights", False):
+            if isinstance(m, BinaryConv2d):
                 torch.nn.init.normal_(m.weight)
 
     x = gaussian_batch(2, 32)
