@@ -54,12 +54,18 @@ def gaussian_batch(batch: int = 8, size: int = 224, seed: int = 0) -> torch.Tens
 
 
 def init_signal_propagation(x: torch.Tensor, norms=NORMS, width_mult: float = 1.0,
-                            seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Signal-propagation tables of freshly initialised step-2 ReActNet-A, in train mode."""
+                            seed: int = 0, init=None) -> dict[str, pd.DataFrame]:
+    """Signal-propagation tables of freshly initialised step-2 ReActNet-A, in train mode.
+
+    ``init``, if given, is called as ``init(norm, model)`` on each freshly built
+    network before it is measured (e.g. to re-initialise its latent weights).
+    """
     tables = {}
     for norm in norms:
         torch.manual_seed(seed)
         model = create_model(f"reactnet_a_{norm}", binary_weights=True, width_mult=width_mult)
+        if init is not None:
+            init(norm, model)
         tables[norm] = signal_propagation(model.train(), x)
     return tables
 

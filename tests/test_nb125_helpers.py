@@ -176,3 +176,22 @@ def test_block_diagram_arrows_are_straight_and_clear_of_their_boxes():
         assert into_conv.arrow_patch.shrinkB > into_sign.arrow_patch.shrinkB + 3
         height = conv.get_window_extent().height * 72 / fig.dpi / 2
         assert into_conv.arrow_patch.shrinkB > height
+
+
+def test_init_signal_propagation_init_hook():
+    import torch
+    from bnn_helpers.figures import gaussian_batch, init_signal_propagation
+    seen = []
+
+    def reinit(norm, model):
+        seen.append(norm)
+        from bnn_helpers.layers import BinaryConv2d
+        for m in model.modules():
+            if isinstance(m, BinaryConv2d):
+                torch.nn.init.normal_(m.weight)
+
+    x = gaussian_batch(2, 32)
+    plain = init_signal_propagation(x, norms=("none",), width_mult=0.25)
+    mixed = init_signal_propagation(x, norms=("none",), width_mult=0.25, init=reinit)
+    assert seen == ["none"]
+    assert not plain["none"]["avg_var"].equals(mixed["none"]["avg_var"])   # the hook ran before measuring
