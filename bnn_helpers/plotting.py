@@ -427,6 +427,7 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(label, handle)
             ax.get_legend().remove()
+        fig.set_size_inches(_PANEL_SIZE[0] * 2 + 2.8, _PANEL_SIZE[1] + 0.4)   # room for it: the panels keep their size
         fig.legend(handles.values(), handles.keys(), loc="outside right upper")
     fig.suptitle(title or "Training curves")
     return fig
