@@ -733,8 +733,9 @@ def _panels_from_table(table: pd.DataFrame) -> dict:
 
 
 def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]] | pd.DataFrame,
-                               xlabel: str, ylabel: str, title: str | None = None,
-                               log: bool | Mapping[str, bool] = True, legend: str = "panels"):
+                               xlabel: str | Mapping[str, str], ylabel: str, title: str | None = None,
+                               log: bool | Mapping[str, bool] = True, legend: str = "panels",
+                               colors: Mapping[str, object] | None = None):
     """One panel per entry of ``panels``: predictions as dark dashed lines, measurements as coloured markers.
 
     ``panels``: a :func:`prediction_table` (one panel per value of its ``panel``
@@ -748,6 +749,9 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
     ``legend="figure"`` draws one legend for all panels, below them (each
     prediction label then keeps one dash pattern across panels): in one row
     when panels share labels, else one column per panel, in panel order.
+    ``xlabel`` is one label for every panel or ``{panel title: label}``;
+    ``colors`` (``{measured label: matplotlib colour}``) fixes some series'
+    colours, e.g. to match another figure; the others keep the palette.
     """
     if isinstance(panels, pd.DataFrame):
         panels = _panels_from_table(panels)
@@ -756,7 +760,7 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
     if legend not in ("panels", "figure"):
         raise ValueError(f"legend must be 'panels' or 'figure', got {legend!r}")
     measured_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("measured", {})))
-    colors = dict(zip(measured_labels, _colors(len(measured_labels))))
+    colors = {**dict(zip(measured_labels, _colors(len(measured_labels)))), **(colors or {})}
     predicted_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("predicted", {})))
     shared_dashes = dict(zip(predicted_labels, _PREDICTION_DASHES * (len(predicted_labels) // 4 + 1)))
     fig, axes = _figure(len(panels))
@@ -772,7 +776,7 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
             ax.plot(x, y, color="0.1", linestyle=dash, linewidth=2.2, label=label, zorder=3)
         if log.get(name, True) if isinstance(log, Mapping) else log:
             ax.set_yscale("log")
-        _label_panel(ax, xlabel, ylabel, name)
+        _label_panel(ax, xlabel[name] if isinstance(xlabel, Mapping) else xlabel, ylabel, name)
     if legend == "figure":
         handles = {}
         for ax in axes:
@@ -820,19 +824,20 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
 def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], metric: str = "val_top1",
                         ylabel: str = "validation top-1 (%)", chance: float | None = None,
                         styles: Mapping[str, str] | None = None, ncols: int | None = None,
-                        title: str | None = None):
+                        title: str | None = None, colors: Mapping[str, object] | None = None):
     """Several small comparisons of training runs: one panel per ``{panel title: {label: run directory}}``.
 
     Each run contributes ``metric`` per epoch from its ``summary.csv`` (step 1
     then step 2, counted on). A run that stopped before its first epoch ended
     (no rows) still gets a legend entry, ending in "(no epoch finished)".
     ``styles`` maps a label to a matplotlib linestyle; ``chance`` draws a grey
-    horizontal line. Epoch ticks are integers.
+    horizontal line. Epoch ticks are integers. ``colors`` (``{label:
+    matplotlib colour}``) fixes some labels' colours; the others keep the palette.
     """
     if not panels:
         raise ValueError("plot_run_comparison needs at least one panel: {title: {label: run directory}}")
     labels = list(dict.fromkeys(label for runs in panels.values() for label in runs))
-    colors = dict(zip(labels, _colors(len(labels))))
+    colors = {**dict(zip(labels, _colors(len(labels)))), **(colors or {})}
     fig, axes = _figure(len(panels), ncols=ncols or min(len(panels), 2))
     for ax, (name, runs) in zip(axes, panels.items()):
         for label, run in runs.items():

@@ -191,6 +191,17 @@ def test_predicted_vs_measured_draws_predictions_on_top():
         P.plot_predicted_vs_measured({"p": {"expected": {}}}, "x", "y")
 
 
+def test_predicted_vs_measured_per_panel_xlabels_and_fixed_colours():
+    x = np.arange(3)
+    panels = {"toy": {"measured": {"A": (x, x + 1.0), "B": (x, x + 2.0)}}, "net": {"measured": {"A": (x, x + 1.0)}}}
+    fig = P.plot_predicted_vs_measured(panels, xlabel={"toy": "block l (0: input)", "net": "block l"}, ylabel="v",
+                                       colors={"B": "red"})
+    toy, net = fig.axes
+    assert toy.get_xlabel() == "block l (0: input)" and net.get_xlabel() == "block l"
+    colours = {l.get_label(): l.get_color() for l in toy.lines}
+    assert colours["B"] == "red" and colours["A"] != "red"
+
+
 def test_unitwise_ratios_plot_one_box_per_kind_and_the_clip_line():
     ratios = pd.DataFrame({"kind": ["a"] * 5 + ["b"] * 3, "ratio": [0.001, 0.01, 0.1, 1.0, 0.0, 5, 6, 7]})
     fig = P.plot_unitwise_ratios(ratios, clip_factor=0.02)
@@ -223,6 +234,15 @@ def test_run_comparison_one_panel_per_group_and_a_stopped_run_in_the_legend(tmp_
 def test_run_comparison_one_epoch_keeps_integer_limits(tmp_path):
     fig = P.plot_run_comparison({"p": {"a": write_run(tmp_path / "a", epochs=(1,))}}, chance=10)
     assert fig.axes[0].get_xlim() == (0.5, 1.5)
+
+
+def test_run_comparison_fixed_colours(tmp_path):
+    a = write_run(tmp_path / "a", epochs=(1,))
+    fig = P.plot_run_comparison({"p": {"a": a, "b": a}}, colors={"b": "red"})
+    colours = {l.get_label(): l.get_color() for l in fig.axes[0].lines}
+    assert colours["b"] == "red" and colours["a"] != "red"
+
+
 def test_accuracy_curves_draw_the_chance_level(tmp_path):
     fig = P.plot_accuracy_curves({"run": write_run(tmp_path / "run")}, chance=10.0)
     ax_acc, ax_loss = fig.axes
