@@ -12,6 +12,7 @@ directory's CSV files), never a model, and returns a ``matplotlib`` figure:
   and relative to their size (from :func:`bnn_helpers.diagnostics.signal_summary`);
 * :func:`plot_accuracy_curves` – top-1 and loss per epoch from ``summary.csv``;
   step 2 continues after step 1, behind a dashed divider;
+* :func:`plot_evaluation_bars` – grouped grey bars, one group per network, one bar per evaluation;
 * :func:`plot_seed_bands` – mean and min–max over seeds per mode, several panels;
 * :func:`plot_training_stats` – flip ratio, sign balances, AGC share from ``stats.csv``;
 * :func:`plot_estimators` – forward and backward of every sign estimator;
@@ -53,6 +54,7 @@ __all__ = [
     "plot_image_grid",
     "plot_logit_spread",
     "plot_accuracy_curves",
+    "plot_evaluation_bars",
     "plot_training_stats",
     "plot_estimators",
     "plot_weight_histograms",
@@ -360,7 +362,8 @@ def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list
 
 
 def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None,
-                         loss_band: float | None = None):
+                         loss_band: float | None = None, loss_title: str | None = None,
+                         legend: str = "panels"):
     """Top-1 and loss per epoch (train dotted with × markers, on top; validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
@@ -371,9 +374,15 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     cross-entropy of a uniform guess, ln(100 / chance), on the loss panel.
     ``loss_band`` (needs ``chance``): zoom the loss panel to ln(100 / chance) ±
     ``loss_band`` nats, for a run expected to stay at chance.
+    ``loss_title`` replaces the loss panel's title (e.g. to say which loss the
+    train and val lines are, when training used distillation). ``legend``:
+    ``"panels"`` gives each panel its own legend; ``"right"`` draws one legend
+    for both panels right of them, clear of the curves.
     """
     if loss_band is not None and (chance is None or loss_band <= 0):
         raise ValueError("loss_band needs chance and a positive width (nats)")
+    if legend not in ("panels", "right"):
+        raise ValueError(f"legend must be 'panels' or 'right', got {legend!r}")
     columns = ["epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1"]
     fig, (ax_acc, ax_loss) = _figure(2)
     runs = _runs(run_dirs)
@@ -410,7 +419,36 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
         uniform = math.log(100 / chance)
         ax_loss.set(ylim=(uniform - loss_band, uniform + loss_band),
                     title=f"Loss (zoomed to ln {100 / chance:g} ± {loss_band:g} nats)")
+    if loss_title is not None:
+        ax_loss.set_title(loss_title)
+    if legend == "right":             # one legend for both panels (runs, then each panel's reference line)
+        handles = {}
+        for ax in (ax_acc, ax_loss):
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+            ax.get_legend().remove()
+        fig.set_size_inches(_PANEL_SIZE[0] * 2 + 2.8, _PANEL_SIZE[1] + 0.4)   # room for it: the panels keep their size
+        fig.legend(handles.values(), handles.keys(), loc="outside right upper")
     fig.suptitle(title or "Training curves")
+    return fig
+
+
+def plot_evaluation_bars(table: pd.DataFrame, title: str | None = None, ylabel: str = "val top-1 (%)",
+                         chance: float | None = None, legend_title: str | None = None):
+    """Grouped bars: one group per row of ``table`` (its index labels the x axis), one bar per column.
+
+    The bars use a neutral grey palette, so they do not borrow the colours that
+    mean a normalization mode elsewhere in the series. ``chance`` (in %) draws a
+    labelled dash-dot line; the y axis runs from 0 to 100. One legend (titled
+    ``legend_title``) sits right of the axes, clear of the bars.
+    """
+    fig, ax = plt.subplots(figsize=(10, 3.8), layout="constrained")
+    greys = [str(g) for g in np.linspace(0.2, 0.8, table.shape[1]).round(2)]
+    table.plot.bar(ax=ax, rot=0, color=greys, edgecolor="0.1", linewidth=0.5)
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linewidth=0.8, linestyle="-.", label=f"chance ({chance:g} %)")
+    ax.set(xlabel=table.index.name or "", ylabel=ylabel, ylim=(0, 100), title=title or "")
+    ax.legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

@@ -391,3 +391,27 @@ def test_labels_of_one_mode_share_its_colour():
 
 def test_labels_without_modes_take_the_palette_in_order():
     assert P._label_colors(["Adam", "SGD"]) == list(P._colors(2))
+
+
+def test_accuracy_curves_one_legend_right_and_loss_title(tmp_path):
+    runs = {"a": write_run(tmp_path / "a"), "b": write_run(tmp_path / "b", seed=1)}
+    fig = P.plot_accuracy_curves(runs, chance=10.0, legend="right", loss_title="Loss: train KD, val CE")
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:4] == ["a val", "a train", "b val", "b train"] and "chance (10 %)" in labels
+    assert fig.axes[1].get_title() == "Loss: train KD, val CE"
+    with pytest.raises(ValueError, match="legend"):
+        P.plot_accuracy_curves(runs, legend="inside")
+
+
+def test_evaluation_bars_grey_groups_and_chance():
+    table = pd.DataFrame({"eval": [10.0, 90.0], "train": [12.0, 91.0]},
+                         index=pd.Index(["x", "y"], name="network"))
+    fig = P.plot_evaluation_bars(table, title="t", chance=10, legend_title="evaluation")
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    assert [round(b.get_height(), 1) for b in bars] == [10.0, 90.0, 12.0, 91.0]
+    assert len({b.get_facecolor() for b in bars}) == 2                       # one grey per column
+    assert all(abs(c[0] - c[1]) < 1e-9 and abs(c[1] - c[2]) < 1e-9 for c in (b.get_facecolor() for b in bars))
+    assert ax.get_ylim() == (0, 100) and ax.get_xlabel() == "network"
+    assert "chance (10 %)" in [t.get_text() for t in ax.get_legend().get_texts()]
