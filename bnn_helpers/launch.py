@@ -185,8 +185,11 @@ def format_estimates(estimates):
     """:func:`gpu_training_estimates` as text: one "low–high" range per quantity and GPU.
 
     Images/s get thousands separators, days one decimal, the rest whole numbers;
-    the index reads "<GPU>: <peak> TFLOPS".
+    loader processes are rounded *up* (4.4 needed means 5 to provision). The
+    index reads "<GPU>: <peak> TFLOPS".
     """
+    import math
+
     import pandas as pd
 
     digits = {"images/s per GPU": ",.0f"}
@@ -196,6 +199,8 @@ def format_estimates(estimates):
             continue
         spec = digits.get(quantity, ".1f" if quantity.startswith("days") else ".0f")
         values = estimates[quantity]
+        if quantity == "loader processes per GPU":     # a fraction of a process does not exist: provision whole ones
+            values = values.map(math.ceil)
         text[quantity] = [f"{lo:{spec}}–{hi:{spec}}" for lo, hi in zip(values.min(axis=1), values.max(axis=1))]
     peaks = estimates["peak TFLOPS"].iloc[:, 0]
     index = [f"{gpu}: {peak:g} TFLOPS" for gpu, peak in peaks.items()]

@@ -118,6 +118,12 @@ _SP_PANELS = [("avg_sq_mean", "Average channel squared mean", "channel mean², a
 _LOG_FLOOR = 1e-6
 
 
+def _neutral_colors(n: int) -> list:
+    """``n`` greys from light to dark, for series that are not normalization modes
+    (mode colours mean bn / none / bf everywhere in the series)."""
+    return [str(level) for level in np.linspace(0.85, 0.3, max(n, 1))]
+
+
 def _label_colors(labels) -> list:
     """One colour per label; a label that starts with a mode ("bn · init", "bf (nf β)",
     "none, photos") gets that mode's colour, as everywhere in the series, so variants of
@@ -1006,17 +1012,21 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     ``folded`` (``complexity.inference_op_table`` pivoted); ``ops_network``
     names the network it counts. ``latency``: ms per image, index = network,
     columns among ``float``, ``reference``, ``native`` (``latency_table``
-    totals pivoted). All three y axes are logarithmic: the values span decades.
+    totals pivoted). Size and speed use logarithmic y axes (the values span
+    decades); the ops panel is linear, so that the quarter or so that folding
+    removes shows as bar height. Mode colours (bn, bf) appear only in the ops
+    panel, whose series are modes; sizes and speed paths use neutral greys.
     """
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), layout="constrained",
                              gridspec_kw={"width_ratios": [1.0, 2.2, 1.2]})
-    palette = _colors(6)
     plain_numbers = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 10, not 10^1
 
     ax = axes[0]
     xs = np.arange(len(sizes))
-    ax.bar(xs - 0.2, sizes["float32 MB"], 0.4, label="float32 checkpoint", color=palette[0])
-    ax.bar(xs + 0.2, sizes["packed MB"], 0.4, label="packed (bits + folded constants)", color=palette[1])
+    light, dark = _neutral_colors(2)          # not modes: no mode colour
+    ax.bar(xs - 0.2, sizes["float32 MB"], 0.4, label="float32 checkpoint", color=light, edgecolor="black")
+    ax.bar(xs + 0.2, sizes["packed MB"], 0.4, label="packed (bits + folded constants)", color=dark,
+           edgecolor="black")
     for x, f, p in zip(xs, sizes["float32 MB"], sizes["packed MB"]):
         ax.text(x + 0.2, p * 1.15, f"{f / p:.0f}×", ha="center", fontsize="small")
     ax.set(yscale="log", xticks=xs, xticklabels=list(sizes["norm"]),
@@ -1037,10 +1047,10 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
         ax.bar(xs + (k - 1.5) * 0.2, real_ops[(norm, stage)] / 1e6, 0.2, label=label,
                color=color, hatch="" if stage == "folded" else "//", edgecolor="white")
     values = real_ops.to_numpy() / 1e6
-    ax.set(xticks=xs, xticklabels=[p.replace("block", "b") for p in real_ops.index], yscale="log",
-           ylim=(values.min() / 1.5, values.max() * 2.5),
+    ax.set(xticks=xs, xticklabels=[p.replace("block", "b") for p in real_ops.index],
+           ylim=(0, values.max() * 1.3),
            xlabel="part of the network (stem, blocks 1–13, head)",
-           ylabel="real-valued ops per image (millions, log)",
+           ylabel="real-valued ops per image (millions)",
            title=f"Real-valued ops per image, {ops_network} (folded: bn = bf except the stem)")
     ax.legend(ncol=4, loc="upper right")
 
@@ -1049,8 +1059,8 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     xs = np.arange(len(latency))
     width = 0.8 / len(paths)
     for k, path in enumerate(paths):
-        ax.bar(xs + (k - (len(paths) - 1) / 2) * width, latency[path], width, color=palette[k],
-               label=_SPEED_PATHS[path])
+        ax.bar(xs + (k - (len(paths) - 1) / 2) * width, latency[path], width, label=_SPEED_PATHS[path],
+               color=_neutral_colors(len(_SPEED_PATHS))[list(_SPEED_PATHS).index(path)], edgecolor="black")
     ms = latency[paths].to_numpy()
     ax.set(xticks=xs, xticklabels=[_wrap_at_commas(str(n), 16) for n in latency.index], yscale="log",
            ylim=(ms.min() / 2, ms.max() * 8), xlabel="network and batch",
@@ -1058,7 +1068,7 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     ax.legend(loc="upper right")
 
     axes[0].legend(loc="upper left")
-    for ax in axes:
+    for ax in axes[[0, 2]]:
         ax.yaxis.set_major_formatter(plain_numbers)
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.suptitle(title or "Deployment: what packing buys in size, real-valued work and speed")

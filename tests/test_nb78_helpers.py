@@ -49,6 +49,12 @@ def test_format_estimates_prints_ranges_low_to_high():
     assert text.loc["slow: 100 TFLOPS", "days, 10 epochs, 8 GPUs"] == "0.0–0.1"
 
 
+def test_format_estimates_rounds_loader_processes_up():
+    loaders = gpu_training_estimates(50e9, {"slow": 100}, utilisation=(0.1, 0.3), loader_images_per_s=90)
+    assert loaders["loader processes per GPU"].round(2).values.tolist() == [[2.22, 6.67]]
+    assert format_estimates(loaders).loc["slow: 100 TFLOPS", "loader processes per GPU"] == "3–7"
+
+
 def test_config_changes_hides_machine_paths(tmp_path):
     cfg = {"batch_size": 256, "data_dir": "/path/to/imagenet", "epochs": 256}
     table = config_changes(cfg, {"batch_size": 32, "data_dir": str(tmp_path / "digits"), "unknown": 1})

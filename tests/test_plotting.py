@@ -298,8 +298,13 @@ def test_deployment_summary_panels():
     assert len(speed_ax.patches) == 3 * len(latency)
     assert [t.get_text() for t in size_ax.texts if t.get_text().endswith("×")] == ["24×", "24×", "15×", "15×"]
     for ax in fig.axes:
-        assert ax.get_yscale() == "log" and ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
         assert ax.get_legend() is not None
+    assert [ax.get_yscale() for ax in fig.axes] == ["log", "linear", "log"]   # ops linear: folding's ~25 % shows
+    # mode colours only where the series are modes: sizes and speed paths are grey
+    mode_colors = {matplotlib.colors.to_hex(c) for c in P._colors(3)}
+    for ax in (size_ax, speed_ax):
+        assert not {matplotlib.colors.to_hex(p.get_facecolor()) for p in ax.patches} & mode_colors
     assert fig.get_suptitle()
     # a path missing from the latency table is left out, not drawn empty
     fig = P.plot_deployment_summary(sizes, real_ops, latency.drop(columns="native"))
