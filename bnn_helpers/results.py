@@ -25,7 +25,7 @@ import yaml
 from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
-           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs"]
+           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -144,6 +144,35 @@ def share_above_chance(accuracy, reference, chance: float):
     by index). Accuracies in the same unit as ``chance`` (e.g. percent and 10 for ten classes).
     """
     return (accuracy - chance) / (reference - chance)
+
+
+def stats_by_mode(stats: pd.DataFrame, order=None, seed=None) -> pd.DataFrame:
+    """One row per mode summarizing training statistics (the rows of several runs' ``stats.csv``).
+
+    ``stats``: ``read_runs(runs, keys=("mode", "seed"), table="stats")`` (columns mode, seed,
+    step, optimizer_step and the ``StatsRecorder`` columns). Per mode:
+
+    * ``flip_step1``, ``flip_step2``: mean flip ratio per optimizer step in each training step;
+    * ``balance_min``, ``balance_max``: range of the weight sign balance's per-step means;
+    * ``balance_start``, ``balance_end``: the weight sign balance of ``seed`` (default: the
+      smallest seed) in its first recorded row of step 1 and its last of step 2;
+    * ``act_min``, ``act_max``: range of the activation sign balance's per-step means;
+    * ``agc_clip_share``: mean AGC clipped share over all rows.
+
+    Means run over all seeds' rows. ``order`` lists the modes in display order.
+    """
+    per_step = stats.groupby(["mode", "step"])[["flip_ratio", "weight_sign_balance", "act_sign_balance"]].mean()
+    flips = per_step["flip_ratio"].unstack("step")
+    seed = stats["seed"].min() if seed is None else seed
+    one = stats[stats["seed"] == seed].sort_values(["step", "optimizer_step"]).groupby("mode")["weight_sign_balance"]
+    by_mode = per_step.groupby(level="mode")
+    table = pd.DataFrame({
+        "flip_step1": flips.get(1), "flip_step2": flips.get(2),
+        "balance_min": by_mode["weight_sign_balance"].min(), "balance_max": by_mode["weight_sign_balance"].max(),
+        "balance_start": one.first(), "balance_end": one.last(),
+        "act_min": by_mode["act_sign_balance"].min(), "act_max": by_mode["act_sign_balance"].max(),
+        "agc_clip_share": stats.groupby("mode")["agc_clip_share"].mean()})
+    return table.reindex(list(order)) if order is not None else table
 
 
 def final_epoch(run_dir: str | Path) -> dict:

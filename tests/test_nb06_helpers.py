@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from bnn_helpers import plotting as P  # noqa: E402
 from bnn_helpers.diagnostics import signal_by_position  # noqa: E402
 from bnn_helpers.photos import one_per_class, to_display  # noqa: E402
-from bnn_helpers.results import seed_summary, share_above_chance  # noqa: E402
+from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +49,26 @@ def test_share_above_chance_is_one_definition_for_numbers_and_series():
     assert share_above_chance(10.0, 80.0, 10.0) == 0.0
     shares = share_above_chance(pd.Series({"a": 15.7, "b": 74.2}), pd.Series({"b": 80.2, "a": 25.5}), 10)
     assert shares["a"] == pytest.approx(5.7 / 15.5) and shares["b"] == pytest.approx(64.2 / 70.2)
+
+
+def test_stats_by_mode_flips_balance_range_start_end_and_clipping():
+    rows = []
+    for mode, flip in (("bn", 0.01), ("bf", 0.002)):
+        for seed in (0, 1):
+            for step in (1, 2):
+                for k in range(3):
+                    balance = 0.5 - 0.01 * k * (step == 2) + 0.001 * seed
+                    rows.append({"mode": mode, "seed": seed, "step": step, "optimizer_step": 2 * k,
+                                 "flip_ratio": flip / step, "weight_sign_balance": balance,
+                                 "act_sign_balance": 0.6 + 0.1 * (step == 2), "agc_clip_share": 0.9 if mode == "bn" else 0.2})
+    table = stats_by_mode(pd.DataFrame(rows), order=["bf", "bn"])
+    assert list(table.index) == ["bf", "bn"]
+    assert table.loc["bn", "flip_step1"] == pytest.approx(0.01) and table.loc["bf", "flip_step2"] == pytest.approx(0.001)
+    assert table.loc["bn", "balance_start"] == pytest.approx(0.5) and table.loc["bn", "balance_end"] == pytest.approx(0.48)
+    assert table.loc["bn", "balance_min"] == pytest.approx(0.4905) and table.loc["bn", "balance_max"] == pytest.approx(0.5005)
+    assert (table.loc["bn", "act_min"], table.loc["bn", "act_max"]) == pytest.approx((0.6, 0.7))
+    assert table.loc["bf", "agc_clip_share"] == pytest.approx(0.2)
+    assert stats_by_mode(pd.DataFrame(rows), seed=1).loc["bn", "balance_end"] == pytest.approx(0.481)
 
 
 def sp_table(window=(0.2, 0.6), scale=1.0):
