@@ -25,7 +25,7 @@ import yaml
 from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
-           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode"]
+           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "mode_gaps"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -173,6 +173,23 @@ def stats_by_mode(stats: pd.DataFrame, order=None, seed=None) -> pd.DataFrame:
         "act_min": by_mode["act_sign_balance"].min(), "act_max": by_mode["act_sign_balance"].max(),
         "agc_clip_share": stats.groupby("mode")["agc_clip_share"].mean()})
     return table.reindex(list(order)) if order is not None else table
+
+
+def mode_gaps(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Gaps between the three modes, one row per row of ``accuracy`` (e.g. per setting of a sweep).
+
+    ``accuracy``: columns ``bn``, ``none``, ``bf`` (e.g. best step-2 top-1, mean over seeds).
+    Returns the columns ``spread`` (best minus worst mode), ``none below bn``,
+    ``none below bf`` and ``bf above bn``, in the unit of ``accuracy`` (points).
+    """
+    missing = {"bn", "none", "bf"} - set(accuracy.columns)
+    if missing:
+        raise ValueError(f"mode_gaps needs the columns bn, none, bf; missing {sorted(missing)}")
+    modes = accuracy[["bn", "none", "bf"]]
+    return pd.DataFrame({"spread": modes.max(axis=1) - modes.min(axis=1),
+                         "none below bn": modes["bn"] - modes["none"],
+                         "none below bf": modes["bf"] - modes["none"],
+                         "bf above bn": modes["bf"] - modes["bn"]})
 
 
 def final_epoch(run_dir: str | Path) -> dict:

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from bnn_helpers import plotting as P  # noqa: E402
 from bnn_helpers.diagnostics import signal_by_position  # noqa: E402
 from bnn_helpers.photos import one_per_class, to_display  # noqa: E402
-from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode  # noqa: E402
+from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode, mode_gaps  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +69,15 @@ def test_stats_by_mode_flips_balance_range_start_end_and_clipping():
     assert (table.loc["bn", "act_min"], table.loc["bn", "act_max"]) == pytest.approx((0.6, 0.7))
     assert table.loc["bf", "agc_clip_share"] == pytest.approx(0.2)
     assert stats_by_mode(pd.DataFrame(rows), seed=1).loc["bn", "balance_end"] == pytest.approx(0.481)
+
+
+def test_mode_gaps_per_setting():
+    acc = pd.DataFrame({"bn": [78.0, 60.0], "none": [68.0, 65.0], "bf": [81.0, 62.0]}, index=["a", "b"])
+    gaps = mode_gaps(acc)
+    assert list(gaps.columns) == ["spread", "none below bn", "none below bf", "bf above bn"]
+    assert gaps.loc["a"].tolist() == [13.0, 10.0, 13.0, 3.0] and gaps.loc["b"].tolist() == [5.0, -5.0, -3.0, 2.0]
+    with pytest.raises(ValueError, match="none"):
+        mode_gaps(acc.drop(columns="none"))
 
 
 def sp_table(window=(0.2, 0.6), scale=1.0):
