@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 
 import matplotlib.ticker
 import matplotlib.pyplot as plt
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch
 import numpy as np
 import pandas as pd
@@ -583,7 +584,8 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     forward of every estimator) and, dashed, the function whose derivative
     each backward is (its integral from 0) – the surrogate the estimator
     pretends to differentiate. Right: the backward ``d out / d x``. One legend
-    (one colour per estimator) sits below both panels, off the region
+    (one colour per estimator, its entry showing the dashed left-panel and the
+    solid right-panel style) sits below both panels, off the region
     ``|x| < 1`` where the estimators differ.
     """
     grid = torch.linspace(-x_range, x_range, points, dtype=torch.float64)
@@ -592,7 +594,7 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     dx = float(grid[1] - grid[0])
     zero = int(torch.argmin(grid.abs()))
     labels = {"identity": "identity", "ste": "ste (clipped identity)", "approx": "approx (ApproxSign)"}
-    widths = np.linspace(3.6, 1.4, len(ESTIMATORS))   # later curves thinner: coinciding ones stay visible
+    widths = np.linspace(3.6, 2.2, len(ESTIMATORS))   # later curves thinner: coinciding ones stay visible
     for (name, fn), color, width in zip(ESTIMATORS.items(), _colors(len(ESTIMATORS)), widths):
         x = grid.clone().requires_grad_(True)
         out = fn(x)
@@ -612,9 +614,12 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     for ax in (ax_fwd, ax_bwd):
         ax.set_xlabel("input x (dimensionless)")
     # One legend below both panels: inside, it would cover |x| < 1, where the estimators differ.
-    handles = ax_fwd.get_lines()[:1] + ax_bwd.get_lines()
-    fig.legend(handles, [h.get_label() for h in handles], loc="outside lower center", ncols=len(handles),
-               frameon=False)
+    # Each estimator's entry pairs its dashed surrogate (left) with its solid backward (right).
+    sign_line, surrogates = ax_fwd.get_lines()[0], ax_fwd.get_lines()[1:]
+    handles = [sign_line] + [(fwd, bwd) for fwd, bwd in zip(surrogates, ax_bwd.get_lines())]
+    names = [sign_line.get_label()] + [f"{bwd.get_label()} (left dashed, right solid)" for bwd in ax_bwd.get_lines()]
+    fig.legend(handles, names, loc="outside lower center", ncols=2, frameon=False,
+               handler_map={tuple: HandlerTuple(ndivide=None, pad=0.6)}, handlelength=4.0)
     fig.suptitle("Sign estimators (straight-through variants)")
     return fig
 
