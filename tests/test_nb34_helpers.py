@@ -272,3 +272,17 @@ def test_training_stats_colors_fix_some_labels(tmp_path):
     first, second = fig.axes[0].lines
     assert matplotlib.colors.to_hex(second.get_color()) == "#000000"
     assert matplotlib.colors.to_hex(first.get_color()) != "#000000"
+
+
+def test_scaled_outputs_scales_only_inside_the_with():
+    model = nn.Sequential(nn.Linear(3, 3), nn.PReLU(), nn.Linear(3, 2), nn.PReLU())
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        plain = model[1](model[0](x))
+        with D.scaled_outputs(model, nn.PReLU, 2.0):
+            assert torch.allclose(model[1](model[0](x)), 2 * plain)
+        assert torch.allclose(model[1](model[0](x)), plain)           # hooks removed
+        with pytest.raises(RuntimeError):
+            with D.scaled_outputs(model, nn.PReLU, 2.0):
+                raise RuntimeError("forward failed")
+        assert torch.allclose(model[1](model[0](x)), plain)
