@@ -74,6 +74,7 @@ from .metrics import top1_hits
 from .sign_stats import STATS_COLUMNS, StatsRecorder, binary_sign, sign_layers, unwrap
 
 __all__ = [
+    "scaled_outputs",
     "channel_statistics",
     "signal_propagation",
     "signal_by_position",
@@ -843,6 +844,20 @@ def ste_window_share(sign_input: torch.Tensor, half_width: float = 1.0) -> float
     """Share of a sign's shifted inputs ``x + b`` with ``|x + b| < half_width``: where the approx
     and ste estimators pass a gradient (outside it the sign is saturated)."""
     return float((sign_input.abs() < half_width).float().mean())
+
+
+@contextlib.contextmanager
+def scaled_outputs(model: nn.Module, module_type: type, gain: float):
+    """Inside the ``with``, every ``module_type`` module of ``model`` returns its output times
+    ``gain`` (forward hooks, removed on exit, also when the forward raises)::
+
+        with scaled_outputs(model, nn.PReLU, 1.5):
+            table = signal_propagation(model, x)     # as if each PReLU carried a gain of 1.5
+    """
+    with removing_hooks() as handles:
+        handles += [m.register_forward_hook(lambda module, inputs, output: output * gain)
+                    for m in model.modules() if isinstance(m, module_type)]
+        yield model
 
 
 @contextlib.contextmanager

@@ -518,7 +518,8 @@ _STATS_PANELS = [("flip_ratio", "Flip ratio", "share of weight signs flipped per
 _MIN_BALANCE_SPAN = 0.02
 
 
-def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None):
+def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None,
+                        colors: Mapping[str, object] | None = None):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
@@ -531,7 +532,8 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     axis and its ticks. One legend for all panels: right of them, or below a
     single panel, whose title is the figure's. A NaN in ``stats.csv`` (the
     activation balance of the first recorded step of each training step)
-    leaves a gap.
+    leaves a gap. ``colors`` (``{label: matplotlib colour}``) fixes some labels'
+    colours; the others keep theirs.
     """
     known = [c for c, *_ in _STATS_PANELS]
     unknown = set(columns or ()) - set(known)
@@ -544,6 +546,7 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     runs = _runs(run_dirs)
     boundaries = set()
     for (label, run), color in zip(runs.items(), _label_colors(runs)):
+        color = (colors or {}).get(label, color)
         table = _read(run, "stats.csv", ["step", "optimizer_step"] + [c for c, *_ in panels])
         table, dividers = _with_progress(table, "optimizer_step")
         boundaries.update(dividers)

@@ -25,7 +25,8 @@ import yaml
 from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
-           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "mode_gaps"]
+           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "mode_gaps",
+           "panel_runs", "pivot_tables", "format_tables"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -236,6 +237,47 @@ def outcomes_table(runs: Mapping, keys=("setting",)) -> pd.DataFrame:
                      "outcome": "diverged" if diverged else "finished", "stopped at": message if diverged else "",
                      **final_epoch(run_dir), "run_dir": Path(run_dir)})
     return pd.DataFrame(rows)
+
+
+def panel_runs(table: pd.DataFrame, where: Mapping[str, str], column: str, values,
+               label="{column} = {value}") -> dict[str, Path]:
+    """``{label: run_dir}`` of the rows of an :func:`outcomes_table` that match ``where``,
+    one per entry of ``values`` in ``column``, in that order (values without a row are skipped).
+
+    ``label``: a format string with ``{column}`` and ``{value}``, a mapping
+    ``{value: label}`` (missing values fall back to the default format), or a callable
+    ``value -> label``. Feeds :func:`bnn_helpers.plotting.plot_run_comparison` and
+    :func:`bnn_helpers.plotting.plot_training_stats`.
+    """
+    rows = table
+    for key, wanted in where.items():
+        rows = rows[rows[key] == wanted]
+    chosen = dict(zip(rows[column], rows["run_dir"]))
+
+    def name(value):
+        if callable(label):
+            return label(value)
+        if isinstance(label, Mapping):
+            return label.get(value, f"{column} = {value}")
+        return label.format(column=column, value=value)
+
+    return {name(v): Path(chosen[v]) for v in values if v in chosen}
+
+
+def pivot_tables(table: pd.DataFrame, index: str, columns: str, values) -> dict[str, pd.DataFrame]:
+    """``{value column: table.pivot(index, columns, value column)}`` for each of ``values``."""
+    return {value: table.pivot(index=index, columns=columns, values=value) for value in values}
+
+
+def format_tables(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
+    """Tables one after another, each under its name with the row and column axis names;
+    numbers to ``digits`` significant digits, missing entries as "-"."""
+    blocks = []
+    for name, frame in tables.items():
+        axes = f" (rows: {frame.index.name}, columns: {frame.columns.name})" if frame.index.name else ""
+        body = frame.to_string(float_format=lambda v: f"{v:.{digits}g}", na_rep="-")
+        blocks.append(f"{name}{axes}\n{body}")
+    return "\n\n".join(blocks)
 
 
 def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep",

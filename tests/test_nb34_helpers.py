@@ -231,3 +231,58 @@ def test_run_or_load_outcome_does_not_report_an_interrupted_run_as_finished(tmp_
     monkeypatch.setattr(T, "run_or_load", lambda config, overrides: tmp_path / "stopped")   # what a SIGINT leaves
     with pytest.raises(KeyboardInterrupt, match="interrupted"):
         run_or_load_outcome(None, prefix="t", **quick)
+
+
+# --------------------------------------------------------------------------- selecting and tabulating runs
+def _outcomes():
+    return pd.DataFrame({"setting": ["adam", "adam", "sgd", "sgd"], "AGC λ": ["0.02", "off", "0.02", "0.01"],
+                         "outcome": ["finished", "finished", "finished", "diverged"],
+                         "top1": [90.0, 91.0, 80.0, float("nan")], "run_dir": ["a1", "a0", "s1", "s2"]})
+
+
+def test_panel_runs_selects_orders_and_labels():
+    from pathlib import Path
+    from bnn_helpers.results import panel_runs
+    table = _outcomes()
+    assert panel_runs(table, {"setting": "adam"}, "AGC λ", ["off", "0.02", "0.5"]) == {
+        "AGC λ = off": Path("a0"), "AGC λ = 0.02": Path("a1")}                 # order of values; 0.5 skipped
+    assert list(panel_runs(table, {"setting": "adam"}, "AGC λ", ["0.02", "off"], label={"off": "no AGC"})) == [
+        "AGC λ = 0.02", "no AGC"]
+    assert panel_runs(table, {"AGC λ": "0.02"}, "setting", ["sgd", "adam"], label=str.upper) == {
+        "SGD": Path("s1"), "ADAM": Path("a1")}
+    assert list(panel_runs(table, {}, "run_dir", ["s2"], label="{value}!")) == ["s2!"]
+
+
+def test_pivot_tables_and_format_tables():
+    from bnn_helpers.results import format_tables, pivot_tables
+    tables = pivot_tables(_outcomes(), "setting", "AGC λ", ["top1", "outcome"])
+    assert list(tables) == ["top1", "outcome"] and tables["top1"].loc["adam", "off"] == 91.0
+    text = format_tables({"top1": tables["top1"]})
+    assert text.startswith("top1 (rows: setting, columns: AGC λ)\n") and " - " in text + " " and "91" in text
+    assert format_tables({"a": tables["top1"], "b": tables["top1"]}).count("\n\n") == 1
+
+
+def test_training_stats_colors_fix_some_labels(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"step": [1, 1], "optimizer_step": [1, 2], "flip_ratio": [0.1, 0.01],
+                  "weight_sign_balance": 0.5, "act_sign_balance": 0.6,
+                  "agc_clip_share": [0.2, 0.3]}).to_csv(run / "stats.csv", index=False)
+    fig = P.plot_training_stats({"a": run, "b": run}, columns=["agc_clip_share"], colors={"b": "k"})
+    first, second = fig.axes[0].lines
+    assert matplotlib.colors.to_hex(second.get_color()) == "#000000"
+    assert matplotlib.colors.to_hex(first.get_color()) != "#000000"
+
+
+def test_scaled_outputs_scales_only_inside_the_with():
+    model = nn.Sequential(nn.Linear(3, 3), nn.PReLU(), nn.Linear(3, 2), nn.PReLU())
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        plain = model[1](model[0](x))
+        with D.scaled_outputs(model, nn.PReLU, 2.0):
+            assert torch.allclose(model[1](model[0](x)), 2 * plain)
+        assert torch.allclose(model[1](model[0](x)), plain)           # hooks removed
+        with pytest.raises(RuntimeError):
+            with D.scaled_outputs(model, nn.PReLU, 2.0):
+                raise RuntimeError("forward failed")
+        assert torch.allclose(model[1](model[0](x)), plain)
