@@ -107,6 +107,7 @@ __all__ = [
     "sign_inputs",
     "binary_conv_io",
     "compare_packed",
+    "threshold_shift_ulps",
     "describe_flips",
     "signal_at_init_and_trained",
     "logits_in_batches",
@@ -868,6 +869,29 @@ def binary_conv_io(model: nn.Module, packed: nn.Module, images: torch.Tensor):
 
 
 @torch.no_grad()
+def threshold_shift_ulps(model: nn.Module, packed: nn.Module) -> torch.Tensor:
+    """How far each sign threshold of ``packed`` lies from ``-b·β_l``, in ulps.
+
+    ``model``: a ``bf`` ReActNet-A (float simulation) whose RSigns compute
+    ``sign(x·m + b)`` with the stored multiplier ``m = 1/β_l`` (``act1``/``act2``
+    and ``beta1``/``beta2`` of each block); ``packed``: ``deploy.pack(model)``,
+    whose ``sign1``/``sign2`` hold the exact boundaries (``lower``, ``upper``)
+    found by ``deploy.exact_sign_thresholds``. Returns one value per channel of
+    every RSign (blocks in order, sign 1 then sign 2): the larger of
+    ``|lower − t|`` and ``|upper − t|`` divided by the float spacing (ulp) at
+    ``t = −b·β_l``. 0 means the packed threshold is ``−b·β_l`` exactly.
+    """
+    shifts = []
+    with torch.no_grad():
+        for float_block, packed_block in zip(model.blocks, packed.blocks):
+            for k in (1, 2):
+                sign = getattr(packed_block, f"sign{k}")
+                t = -getattr(float_block, f"act{k}").shift.bias.flatten() / getattr(float_block, f"beta{k}")
+                ulp = (torch.nextafter(t, torch.full_like(t, math.inf)) - t).abs()   # float spacing at t
+                shifts.append(((torch.stack([sign.lower, sign.upper]) - t).abs() / ulp).amax(0))
+    return torch.cat(shifts)
+
+
 def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    logit_rtol: float = 1e-5) -> tuple[dict, dict]:
     """Check that ``packed`` (``deploy.pack(model)``) computes what ``model`` computes.
