@@ -926,7 +926,7 @@ def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, la
         ratio = y_f / w_eff.abs().flatten(1).amax(1).view(1, -1, 1, 1)                   # (2)
         if not torch.equal(ratio.round(), F.conv2d(x_f, signs, None, conv.stride, conv.padding)):
             raise AssertionError(f"{name}: float conv / c is not the integer conv of its input")
-        off_integer = max(off_integer, float((ratio - ratio.round()).abs().max()))
+        off_integer = max(off_integer, float((ratio - ratio.round()).abs().max().detach()))
         flips += (x_f != x_p).flatten(1).sum(1)                                           # (3)
         n_signs += x_f.numel()
     scale = float(logits_f.abs().max())
