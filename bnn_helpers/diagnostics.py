@@ -110,6 +110,7 @@ __all__ = [
     "sign_inputs",
     "binary_conv_io",
     "compare_packed",
+    "threshold_shift_ulps",
     "describe_flips",
     "signal_at_init_and_trained",
     "logits_in_batches",
@@ -946,6 +947,29 @@ def binary_conv_io(model: nn.Module, packed: nn.Module, images: torch.Tensor):
 
 
 @torch.no_grad()
+def threshold_shift_ulps(model: nn.Module, packed: nn.Module) -> torch.Tensor:
+    """How far each sign threshold of ``packed`` lies from ``-b·β_l``, in ulps.
+
+    ``model``: a ``bf`` ReActNet-A (float simulation) whose RSigns compute
+    ``sign(x·m + b)`` with the stored multiplier ``m = 1/β_l`` (``act1``/``act2``
+    and ``beta1``/``beta2`` of each block); ``packed``: ``deploy.pack(model)``,
+    whose ``sign1``/``sign2`` hold the exact boundaries (``lower``, ``upper``)
+    found by ``deploy.exact_sign_thresholds``. Returns one value per channel of
+    every RSign (blocks in order, sign 1 then sign 2): the larger of
+    ``|lower − t|`` and ``|upper − t|`` divided by the float spacing (ulp) at
+    ``t = −b·β_l``. 0 means the packed threshold is ``−b·β_l`` exactly.
+    """
+    shifts = []
+    with torch.no_grad():
+        for float_block, packed_block in zip(model.blocks, packed.blocks):
+            for k in (1, 2):
+                sign = getattr(packed_block, f"sign{k}")
+                t = -getattr(float_block, f"act{k}").shift.bias.flatten() / getattr(float_block, f"beta{k}")
+                ulp = (torch.nextafter(t, torch.full_like(t, math.inf)) - t).abs()   # float spacing at t
+                shifts.append(((torch.stack([sign.lower, sign.upper]) - t).abs() / ulp).amax(0))
+    return torch.cat(shifts)
+
+
 def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    logit_rtol: float = 1e-5) -> tuple[dict, dict]:
     """Check that ``packed`` (``deploy.pack(model)``) computes what ``model`` computes.
@@ -980,7 +1004,7 @@ def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, la
         ratio = y_f / w_eff.abs().flatten(1).amax(1).view(1, -1, 1, 1)                   # (2)
         if not torch.equal(ratio.round(), F.conv2d(x_f, signs, None, conv.stride, conv.padding)):
             raise AssertionError(f"{name}: float conv / c is not the integer conv of its input")
-        off_integer = max(off_integer, float((ratio - ratio.round()).abs().max()))
+        off_integer = max(off_integer, float((ratio - ratio.round()).abs().max().detach()))
         flips += (x_f != x_p).flatten(1).sum(1)                                           # (3)
         n_signs += x_f.numel()
     scale = float(logits_f.abs().max())

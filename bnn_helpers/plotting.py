@@ -374,7 +374,9 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     """Top-1 and loss per epoch (train dotted with × markers, on top; validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
-    ``{label: path}``; each holds ``summary.csv``. Epochs are counted across
+    ``{label: path}``; each holds ``summary.csv``. A single run given as
+    ``{"": path}`` gets the plain labels "val" and "train" (describe it in
+    ``title``). Epochs are counted across
     both steps; a dashed grey line marks where step 2 begins. ``chance``: top-1
     of guessing (100 / classes, in %), drawn as a labelled line on the accuracy
     panel so a run near it reads as "learned nothing (yet)", and the
@@ -403,10 +405,10 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
         boundaries.update(dividers)
         for ax, metric in ((ax_acc, "top1"), (ax_loss, "loss")):
             ax.plot(table["x"], table[f"val_{metric}"], color=color, linestyle="-",
-                    marker="o", markersize=3, label=f"{label} val")
+                    marker="o", markersize=3, label=f"{label} val".strip())
             # drawn on top, with its own marker: visible where it runs along the val line
             ax.plot(table["x"], table[f"train_{metric}"], color=color, linestyle=":", marker="x",
-                    markersize=6, markeredgewidth=1.5, zorder=3, label=f"{label} train")
+                    markersize=6, markeredgewidth=1.5, zorder=3, label=f"{label} train".strip())
     if chance is not None:
         # Guessing uniformly: top-1 = chance, cross-entropy = ln(classes) = ln(100 / chance).
         ax_acc.axhline(chance, color="0.35", linestyle="-.", linewidth=1, zorder=1,
@@ -1036,7 +1038,7 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     ax.bar(xs + 0.2, sizes["packed MB"], 0.4, label="packed (bits + folded constants)", color=dark,
            edgecolor="black")
     for x, f, p in zip(xs, sizes["float32 MB"], sizes["packed MB"]):
-        ax.text(x + 0.2, p * 1.15, f"{f / p:.0f}×", ha="center", fontsize="small")
+        ax.text(x, f * 1.25, f"{f / p:.0f}×", ha="center", fontsize="small")   # over the pair, clear of both bars
     ax.set(yscale="log", xticks=xs, xticklabels=list(sizes["norm"]),
            ylabel="size (MB, log scale)", title="Model size: float32 checkpoint vs packed",
            ylim=(sizes["packed MB"].min() / 2, sizes["float32 MB"].max() * 8))
@@ -1059,7 +1061,7 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
            ylim=(0, values.max() * 1.3),
            xlabel="part of the network (stem, blocks 1–13, head)",
            ylabel="real-valued ops per image (millions)",
-           title=f"Real-valued ops per image, {ops_network} (folded: bn = bf except the stem)")
+           title=f"Real-valued ops per image, {ops_network}")
     ax.legend(ncol=4, loc="upper right")
 
     ax = axes[2]

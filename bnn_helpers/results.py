@@ -26,7 +26,7 @@ from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
            "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "mode_gaps",
-           "panel_runs", "pivot_tables", "format_tables"]
+           "panel_runs", "pivot_tables", "format_tables", "stats_overview"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -298,3 +298,31 @@ if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
     if len(sys.argv) not in (3, 4):
         sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
     print(collect_run(*sys.argv[1:]))
+
+
+def stats_overview(stats: pd.DataFrame) -> dict:
+    """The numbers a ``stats.csv`` figure is read by (one row per recorded optimizer step).
+
+    Returns a dict: ``first_act_missing`` (the activation sign balance is empty
+    in the first row of every training step: one bool per step),
+    ``act_recorded`` (non-empty activation-balance rows) and ``rows``,
+    ``weight_balance`` / ``act_balance`` / ``agc_clip_share`` as (min, max),
+    ``last_step1_flip`` and ``first_step2_flip`` (flip ratio of the last row of
+    step 1 and of the first row of step 2; NaN without step 2) and
+    ``epoch2_below_epoch1`` (per step with two or more epochs: every flip ratio
+    of epoch 2 lies below every one of epoch 1).
+    """
+    first = stats.groupby("step").head(1)
+    flips = stats.groupby(["step", "epoch"]).flip_ratio
+    high, low = flips.max(), flips.min()
+    later = {step: bool(high[step, 2] < low[step, 1]) for step in stats.step.unique()
+             if (step, 2) in high.index and (step, 1) in low.index}
+    step2 = first[first.step == 2].flip_ratio
+    return {"first_act_missing": first.act_sign_balance.isna().tolist(),
+            "act_recorded": int(stats.act_sign_balance.count()), "rows": len(stats),
+            "weight_balance": (stats.weight_sign_balance.min(), stats.weight_sign_balance.max()),
+            "act_balance": (stats.act_sign_balance.min(), stats.act_sign_balance.max()),
+            "agc_clip_share": (stats.agc_clip_share.min(), stats.agc_clip_share.max()),
+            "last_step1_flip": float(stats[stats.step == 1].flip_ratio.iloc[-1]),
+            "first_step2_flip": float(step2.iloc[0]) if len(step2) else float("nan"),
+            "epoch2_below_epoch1": later}

@@ -76,7 +76,7 @@ from .runtime import determinism, reuse_freed_memory, stop_on_signals
 __all__ = ["run", "run_or_load", "finished_run", "main", "build_model", "steps_of", "load_trained",
            "model_from_checkpoint", "read_checkpoint", "SUMMARY_COLUMNS", "RESUME_ADJUSTABLE",
            "TrainError", "DivergedError", "Trainer", "run_with_outcome", "RunOutcome",
-           "TrainingOutcome", "settings_name", "run_or_load_outcome"]
+           "TrainingOutcome", "settings_name", "run_or_load_outcome", "stop_and_resume"]
 
 
 class RunOutcome(NamedTuple):
@@ -123,6 +123,29 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
     An interrupted run (SIGTERM/SIGINT) saves ``last.pth`` and returns.
     """
     return run_with_outcome(config, overrides, on_batch_end=on_batch_end, **kwargs).run_dir
+
+
+def stop_and_resume(config, overrides: dict, names=("resume_straight", "resume_demo"),
+                    stop_after_epoch: int = 1):
+    """The resume check: the same run once in one go, and once stopped and resumed.
+
+    Trains ``config`` with ``overrides`` (one training step, ``step`` given)
+    into run ``names[0]`` without interruption; then into ``names[1]``, stopped
+    after epoch ``stop_after_epoch`` through ``trainer.request_stop()`` (what
+    SIGTERM triggers: finish the batch, save ``last.pth``, return), and resumed
+    from that checkpoint with ``resume=True``. Returns ``(straight_dir,
+    resumed_dir, stopped_at)``, ``stopped_at`` the epoch of the checkpoint the
+    stop left. Compare the two runs' ``last.pth`` to check the resume.
+    """
+    def stop(trainer, step, epoch, batch):
+        if epoch == stop_after_epoch and batch == trainer.train_loader.sampler.num_batches():
+            trainer.request_stop()
+
+    straight = run(config, dict(overrides, name=names[0]))
+    resumed = run(config, dict(overrides, name=names[1]), on_batch_end=stop)
+    stopped_at = read_checkpoint(resumed / f"step{overrides.get('step', '1')}" / "last.pth")["epoch"]
+    run(config, dict(overrides, name=names[1], overwrite=False, resume=True))
+    return straight, resumed, stopped_at
 
 
 def run_or_load(config=None, overrides=None, **kwargs) -> Path:

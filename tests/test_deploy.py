@@ -408,3 +408,18 @@ def test_latency_summary_and_profile_shares_from_rows(monkeypatch):
     shares = L.profile_shares(timing)
     assert shares.loc[("net b", "reference"), "popcount conv"] == pytest.approx(75.0)
     assert shares.loc[("net b", "reference"), "pack signs"] == pytest.approx(25.0)
+
+
+def test_threshold_shift_ulps_counts_moved_thresholds():
+    from bnn_helpers.diagnostics import threshold_shift_ulps
+    model = _model_a("bf")
+    packed = copy.deepcopy(_packed_a("bf"))
+    shifts = threshold_shift_ulps(model, packed)
+    channels = sum(b.act1.shift.bias.numel() + b.act2.shift.bias.numel() for b in model.blocks)
+    assert shifts.shape == (channels,) and (shifts <= 2).all()
+    # move one threshold by exactly one float spacing: that channel reads 1 ulp more
+    sign, block = packed.blocks[0].sign1, model.blocks[0]
+    t = -block.act1.shift.bias.flatten()[0] / block.beta1
+    with torch.no_grad():
+        sign.lower[0] = sign.upper[0] = torch.nextafter(t, torch.tensor(math.inf))
+    assert threshold_shift_ulps(model, packed)[0] == 1

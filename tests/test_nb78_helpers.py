@@ -175,3 +175,18 @@ def test_op_difference_after_folding_is_only_the_bn_stem_bias():
     assert (op_difference(ops, stage="float").drop(index=["stem", "head"])["real_ops"] != 0).any()
     with pytest.raises(ValueError, match="no rows"):
         op_difference(ops, minuend="none")
+
+
+def test_stats_overview_reads_the_stats_table():
+    from bnn_helpers.results import stats_overview
+    stats = pd.DataFrame({"step": [1, 1, 1, 1, 2, 2, 2, 2], "epoch": [1, 1, 2, 2, 1, 1, 2, 2],
+                          "flip_ratio": [4e-3, 3e-3, 1e-3, 2e-3, 8e-3, 6e-3, 5e-3, 7e-3],
+                          "weight_sign_balance": [0.5, 0.501, 0.502, 0.5, 0.5, 0.5, 0.5, 0.503],
+                          "act_sign_balance": [np.nan, 0.7, 0.71, 0.69, np.nan, 0.72, 0.7, 0.68],
+                          "agc_clip_share": [0.1, 0.2, 0.05, 0.1, 0.1, 0.1, 0.1, 0.3]})
+    o = stats_overview(stats)
+    assert o["first_act_missing"] == [True, True] and o["act_recorded"] == o["rows"] - 2 == 6
+    assert o["weight_balance"] == (0.5, 0.503) and o["act_balance"] == (0.68, 0.72)
+    assert o["agc_clip_share"] == (0.05, 0.3)
+    assert o["last_step1_flip"] == 2e-3 and o["first_step2_flip"] == 8e-3
+    assert o["epoch2_below_epoch1"] == {1: True, 2: False}      # step 2: 7e-3 is not below 6e-3

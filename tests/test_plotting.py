@@ -296,7 +296,10 @@ def test_deployment_summary_panels():
     assert len(size_ax.patches) == 2 * len(sizes)
     assert len(ops_ax.patches) == 4 * len(parts) and "test net" in ops_ax.get_title()
     assert len(speed_ax.patches) == 3 * len(latency)
-    assert [t.get_text() for t in size_ax.texts if t.get_text().endswith("×")] == ["24×", "24×", "15×", "15×"]
+    ratios = [t for t in size_ax.texts if t.get_text().endswith("×")]
+    assert [t.get_text() for t in ratios] == ["24×", "24×", "15×", "15×"]
+    assert [t.get_position()[0] for t in ratios] == [0, 1, 2, 3]   # centred over each pair of bars
+    assert "(" not in ops_ax.get_title()                            # short title; the notes go in the prose
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
         assert ax.get_legend() is not None
@@ -407,6 +410,12 @@ def test_accuracy_curves_one_legend_right_and_loss_title(tmp_path):
     assert fig.axes[1].get_title() == "Loss: train KD, val CE"
     with pytest.raises(ValueError, match="legend"):
         P.plot_accuracy_curves(runs, legend="inside")
+
+
+def test_accuracy_curves_single_run_plain_labels(tmp_path):
+    fig = P.plot_accuracy_curves({"": write_run(tmp_path / "a")}, chance=10.0, legend="right", title="demo run")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["val", "train"] and fig.get_suptitle() == "demo run"
 
 
 def test_evaluation_bars_grey_groups_and_chance():

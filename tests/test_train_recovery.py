@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bnn_helpers.config import TrainError, load_config
-from bnn_helpers.train import finished_run, main, read_checkpoint, run, run_or_load
+from bnn_helpers.train import finished_run, main, read_checkpoint, run, run_or_load, stop_and_resume
 
 torch.set_num_threads(1)
 
@@ -298,3 +298,10 @@ def test_flipped_byte_is_corrupt_not_silently_loaded(finished):
     with pytest.raises(TrainError, match="is corrupt .*fails its CRC check"):
         read_checkpoint(path)
 
+
+
+def test_stop_and_resume_ends_with_the_straight_runs_weights(tmp_path, quick):
+    straight, resumed, stopped_at = stop_and_resume(None, dict(quick, epochs=2, output_dir=str(tmp_path)))
+    a, b = (read_checkpoint(d / "step1" / "last.pth") for d in (straight, resumed))
+    assert stopped_at == 1 and a["epoch"] == b["epoch"] == 2 and straight != resumed
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
