@@ -841,10 +841,11 @@ def sign_shares(values) -> dict[str, float]:
             "share of −1": float((signs < 0).mean())}
 
 
-def ste_window_share(sign_input: torch.Tensor, half_width: float = 1.0) -> float:
+def ste_window_share(sign_input, half_width: float = 1.0) -> float:
     """Share of a sign's shifted inputs ``x + b`` with ``|x + b| < half_width``: where the approx
-    and ste estimators pass a gradient (outside it the sign is saturated)."""
-    return float((sign_input.abs() < half_width).float().mean())
+    and ste estimators pass a gradient (outside it the sign is saturated). A tensor or an
+    array (e.g. the values of :func:`sign_inputs`)."""
+    return float((torch.as_tensor(sign_input).abs() < half_width).float().mean())
 
 
 @contextlib.contextmanager

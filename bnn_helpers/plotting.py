@@ -656,6 +656,7 @@ def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.nda
     that grew by orders of magnitude stays on the page. Each panel's title gives
     the share of inputs inside the window and the share that are positive.
     """
+    from .diagnostics import ste_window_share
     if not inputs_by_label or not blocks:
         raise ValueError("plot_sign_input_histograms needs {label: {block: values}} and blocks")
     labels = list(inputs_by_label)
@@ -678,7 +679,7 @@ def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.nda
             ax.set_xscale("symlog", linthresh=1.0)
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.axvline(0, color="0.4", linewidth=0.8)
-            inside, positive = float(np.mean(np.abs(u) < 1)), float(np.mean(u > 0))
+            inside, positive = ste_window_share(u), float(np.mean(u > 0))
             ax.set_title(f"{label}, {block}\n{inside:.0%} in window, {positive:.0%} > 0", fontsize="small")
             if col == 0:
                 ax.set_ylabel("share of sign inputs")
