@@ -35,7 +35,7 @@ C++ compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``) in a few seconds (
 ``~/.cache/bnn_helpers/native``) under a key of the source, flags, compiler and
 platform; later processes just load it. It is compiled without
 ``-march=native``: the popcount loops exist twice (baseline and POPCNT), the
-weight-path loops too (baseline and AVX2), and the CPU picks at run time, so a cache shared between machines stays correct.
+weight-path loops too (baseline, AVX2 and AVX-512), and the CPU picks at run time, so a cache shared between machines stays correct.
 No torch headers and no ninja are needed (a ``torch.utils.cpp_extension``
 build of even an empty extension took 42 s and 1.5 GB on that VM, and needs ninja).
 

@@ -23,7 +23,7 @@ import torch
 
 from . import bitconv_native
 
-__all__ = ["lib_for", "forward", "backward", "simd", "calls"]
+__all__ = ["lib_for", "forward", "backward", "simd", "SIMD_LEVELS", "calls"]
 
 #: How many times each native entry point ran in this process (tests check that the
 #: native path, not the fallback, is what they exercised).
@@ -86,7 +86,16 @@ def backward(lib, w: torch.Tensor, grad: torch.Tensor, stats: torch.Tensor,
     return grad_w, grad_gain
 
 
-def simd(lib, mode: int = -1) -> bool:
-    """Whether the AVX2 build of the loops runs; ``mode`` 0 forces the baseline build,
-    1 restores the default (both give the same bits; the tests compare them)."""
-    return bool(lib.bnn_ws_simd(mode))
+#: The builds of the loops, by ``bnn_ws_simd`` level.
+SIMD_LEVELS = ("baseline", "avx2", "avx512")
+
+
+def simd(lib, level: str | None = None) -> str:
+    """The build of the loops that runs (``"baseline"``, ``"avx2"`` or ``"avx512"``).
+
+    ``level`` selects one (capped at what the CPU supports); ``"best"`` restores the
+    default. Every build gives the same bits; the tests compare them.
+    """
+    code = -1 if level is None else 3 if level == "best" else SIMD_LEVELS.index(level)
+    return SIMD_LEVELS[lib.bnn_ws_simd(code)]
+

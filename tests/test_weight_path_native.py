@@ -155,11 +155,12 @@ def test_thread_count_and_isa_do_not_change_bits(lib, kind):
             torch.set_num_threads(t)
             results.append(_bits(fused, w, gain, up))
         torch.set_num_threads(1)
-        weight_native.simd(lib, 0)  # the baseline-ISA build of the same loops
         try:
-            results.append(_bits(fused, w, gain, up))
+            for level in weight_native.SIMD_LEVELS:  # each ISA build of the same loops
+                assert weight_native.simd(lib, level) in weight_native.SIMD_LEVELS
+                results.append(_bits(fused, w, gain, up))
         finally:
-            weight_native.simd(lib, 1)
+            weight_native.simd(lib, "best")
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:

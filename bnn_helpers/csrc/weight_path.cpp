@@ -170,36 +170,42 @@ BNN_INLINE void backward_impl(const float* w, const float* grad, i64 r0, i64 r1,
 }
 
 // ---------------------------------------------------------------- ISA dispatch
-// The same code compiled for the baseline ISA and for AVX2 (4 doubles per vector), picked
-// at run time like bitconv.cpp's popcount. Both do the same IEEE operations per lane in
-// the same order (no FMA: -ffp-contract=off), so they give the same bits.
+// The same code compiled for the baseline ISA, for AVX2 (4 doubles per vector) and for
+// AVX-512 (8), picked at run time like bitconv.cpp's popcount. All do the same IEEE
+// operations per lane in the same order (no FMA: -ffp-contract=off), so they give the
+// same bits.
+enum Simd { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 #if defined(__x86_64__) || defined(__i386__)
 #define BNN_AVX2 __attribute__((target("avx2")))
-bool has_avx2() {
+#define BNN_AVX512 __attribute__((target("avx2,avx512f,avx512dq,avx512vl,avx512bw")))
+int best_simd() {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+        return kAvx512;
+    return __builtin_cpu_supports("avx2") ? kAvx2 : kBaseline;
 }
 #else
 #define BNN_AVX2
-bool has_avx2() { return false; }
+#define BNN_AVX512
+int best_simd() { return kBaseline; }
 #endif
-const bool g_has_avx2 = has_avx2();
-bool g_use_avx2 = g_has_avx2;
+const int g_best_simd = best_simd();
+int g_simd = g_best_simd;
 
 #define BNN_FORWARD_ARGS const float *w, i64 r0, i64 r1, i64 n, double eps, \
     const float *gain, bool binarize, float *out, double *stats
 #define BNN_BACKWARD_ARGS const float *w, const float *grad, i64 r0, i64 r1, i64 n, \
     const double *stats, const float *gain, bool binarize, float *grad_w, float *grad_gain
-BNN_AVX2 void forward_avx2(BNN_FORWARD_ARGS) {
-    forward_impl(w, r0, r1, n, eps, gain, binarize, out, stats);
-}
-void forward_generic(BNN_FORWARD_ARGS) { forward_impl(w, r0, r1, n, eps, gain, binarize, out, stats); }
-BNN_AVX2 void backward_avx2(BNN_BACKWARD_ARGS) {
-    backward_impl(w, grad, r0, r1, n, stats, gain, binarize, grad_w, grad_gain);
-}
-void backward_generic(BNN_BACKWARD_ARGS) {
-    backward_impl(w, grad, r0, r1, n, stats, gain, binarize, grad_w, grad_gain);
-}
+#define BNN_FORWARD_CALL forward_impl(w, r0, r1, n, eps, gain, binarize, out, stats)
+#define BNN_BACKWARD_CALL \
+    backward_impl(w, grad, r0, r1, n, stats, gain, binarize, grad_w, grad_gain)
+BNN_AVX512 void forward_avx512(BNN_FORWARD_ARGS) { BNN_FORWARD_CALL; }
+BNN_AVX2 void forward_avx2(BNN_FORWARD_ARGS) { BNN_FORWARD_CALL; }
+void forward_generic(BNN_FORWARD_ARGS) { BNN_FORWARD_CALL; }
+BNN_AVX512 void backward_avx512(BNN_BACKWARD_ARGS) { BNN_BACKWARD_CALL; }
+BNN_AVX2 void backward_avx2(BNN_BACKWARD_ARGS) { BNN_BACKWARD_CALL; }
+void backward_generic(BNN_BACKWARD_ARGS) { BNN_BACKWARD_CALL; }
 
 // Rows [0, rows) split into contiguous blocks, one per thread; the caller's thread takes
 // the first block. If a thread cannot be started its block runs on the caller's thread.
@@ -241,7 +247,8 @@ void parallel_rows(i64 rows, i64 n, int threads, Fn fn) {
 // double out (mean, std, std + eps, scale). binarize != 0: sign path, else standardize.
 BNN_EXPORT void bnn_ws_forward(const float* w, i64 rows, i64 n, double eps, const float* gain,
                                int binarize, float* out, double* stats, int threads) {
-    const auto fn = g_use_avx2 ? forward_avx2 : forward_generic;
+    const auto fn = g_simd == kAvx512 ? forward_avx512 : g_simd == kAvx2 ? forward_avx2
+                                                                         : forward_generic;
     parallel_rows(rows, n, threads, [=](i64 r0, i64 r1) {
         fn(w, r0, r1, n, eps, gain, binarize != 0, out, stats);
     });
@@ -251,7 +258,8 @@ BNN_EXPORT void bnn_ws_forward(const float* w, i64 rows, i64 n, double eps, cons
 BNN_EXPORT void bnn_ws_backward(const float* w, const float* grad, i64 rows, i64 n,
                                 const double* stats, const float* gain, int binarize,
                                 float* grad_w, float* grad_gain, int threads) {
-    const auto fn = g_use_avx2 ? backward_avx2 : backward_generic;
+    const auto fn = g_simd == kAvx512 ? backward_avx512 : g_simd == kAvx2 ? backward_avx2
+                                                                          : backward_generic;
     parallel_rows(rows, n, threads, [=](i64 r0, i64 r1) {
         fn(w, grad, r0, r1, n, stats, gain, binarize != 0, grad_w, grad_gain);
     });
@@ -266,10 +274,11 @@ BNN_EXPORT int bnn_ws_openmp() {
 #endif
 }
 
-// 1 if the AVX2 build of the loops runs, else 0. simd = 0 forces the baseline build,
-// 1 restores the default, anything else only asks (for tests: same bits either way).
+// The build of the loops that runs: 0 baseline, 1 AVX2, 2 AVX-512. simd = 0, 1 or 2
+// selects that build (capped at what the CPU has), simd = 3 restores the best one,
+// anything else only asks (for tests: the same bits either way).
 BNN_EXPORT int bnn_ws_simd(int simd) {
-    if (simd == 0) g_use_avx2 = false;
-    if (simd == 1) g_use_avx2 = g_has_avx2;
-    return g_use_avx2 ? 1 : 0;
+    if (simd >= kBaseline && simd <= kAvx512) g_simd = std::min(simd, g_best_simd);
+    if (simd == 3) g_simd = g_best_simd;
+    return g_simd;
 }
