@@ -143,7 +143,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
                             include_head: bool = False, title: str | None = None,
                             linestyles: Mapping[str, str] | None = None, *,
                             branch_title: str | None = None, sign_column: str | None = None,
-                            legend_title: str = "variant"):
+                            legend_title: str = "variant", own_x_range: bool = False):
     """Signal propagation of several variants: one line per label per panel.
 
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
@@ -160,7 +160,9 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     fourth, linear panel: the share of +1 among the outputs of that sign of every
     block, with 0.5 (balanced) dotted; four panels are laid out 2 × 2. A panel
     gets x ticks only where it has data (the branch and sign panels: blocks only),
-    on the same x range as the others.
+    on the same x range as the others; ``own_x_range=True`` instead fits each panel's
+    x range to the positions it has data for (no empty "stem" slot under a
+    blocks-only panel).
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
@@ -214,7 +216,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
         labels = ["stem" if names[p] == "stem" else "head" if names[p] == "head"
                   else names[p].replace("block", "") for p in ticks]
         ax.set_xticks(ticks, labels, fontsize=8 if small else None)
-        ax.set_xlim(*span)
+        ax.set_xlim(*((ticks[0] - 0.6, ticks[-1] + 0.6) if own_x_range and ticks else span))
         has = {names[p] for p in ticks}
         ax.set_xlabel("position (" + ", ".join(["stem"] * ("stem" in has) + ["block index"]
                                               + ["head"] * ("head" in has)) + ")")

@@ -71,6 +71,15 @@ def test_signal_propagation_plot_has_one_line_per_variant_per_panel():
         P.plot_signal_propagation({"x": pd.DataFrame({"position": [0]})})
 
 
+def test_signal_propagation_own_x_range_leaves_no_empty_stem_slot():
+    table = sp_table(1.0).assign(sign_balance2=[np.nan, 0.5, 0.7, np.nan])
+    shared = P.plot_signal_propagation({"bn": table}, sign_column="sign_balance2")
+    own = P.plot_signal_propagation({"bn": table}, sign_column="sign_balance2", own_x_range=True)
+    assert shared.axes[3].get_xlim() == shared.axes[0].get_xlim()          # default: one x range, stem slot empty
+    assert own.axes[0].get_xlim() == shared.axes[0].get_xlim()             # the stem panel keeps its stem
+    assert own.axes[3].get_xlim() == pytest.approx((1 - 0.6, 2 + 0.6))     # blocks-only panel: blocks 1..2 only
+
+
 def test_sign_saturation_plot_averages_the_signs_of_each_block():
     table = sp_table(1.0).assign(sign_window1=[np.nan, 0.2, 0.6, np.nan], sign_window2=[np.nan, 0.4, 0.8, np.nan],
                                  sign_balance1=[np.nan, 1.0, 0.5, np.nan])
