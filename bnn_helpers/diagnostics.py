@@ -1051,3 +1051,32 @@ def describe_flips(per_image: Mapping[str, torch.Tensor], logit_rtol: float = 1e
         lines.append(f"    image {i}: {int(flips[i])} sign(s) flipped -> logits differ by {float(rel_err[i]):.1e} "
                      f"of the scale; {same} ({int(preds_f[i])} float, {int(preds_p[i])} packed)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# NF bookkeeping of ReActNet-A
+# --------------------------------------------------------------------------
+PREDICTED_INPUT_VAR = "predicted Var at input = 1/beta1² (published)"
+
+
+def beta_schedule_table(strides: Sequence[int], alpha: float) -> pd.DataFrame:
+    """Both β schedules of ReActNet-A side by side, one row per block.
+
+    Index ``block`` (1-based); columns ``stride``, ``beta1 published``,
+    ``beta1 nf``, ``beta2 published``, ``beta2 nf`` (the stored multipliers
+    ``1/β`` of :func:`bnn_helpers.models.reactnet_a.beta_schedule_a`) and
+    :data:`PREDICTED_INPUT_VAR`, ``1/beta1²`` of the published schedule: the
+    variance the NF recurrence predicts at each block's input.
+    """
+    from .models.reactnet_a import beta_schedule_a
+
+    schedules = {name: beta_schedule_a(strides, alpha, name) for name in ("published", "nf")}
+    table = pd.DataFrame({"stride": list(strides),
+                          **{f"beta{k + 1} {name}": [b[k] for b in betas]
+                             for k in (0, 1) for name, betas in schedules.items()}},
+                         index=pd.Index(range(1, len(strides) + 1), name="block"))
+    table[PREDICTED_INPUT_VAR] = 1 / table["beta1 published"] ** 2
+    return table
+
+
+__all__ += ["beta_schedule_table", "PREDICTED_INPUT_VAR"]

@@ -880,7 +880,33 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
     return fig
 
 
-__all__ += ["prediction_table", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
+def mode_colors() -> dict:
+    """``{"bn": colour, "none": colour, "bf": colour}``: the colour each normalization mode has in every figure of the series."""
+    return dict(zip(("bn", "none", "bf"), _colors(3)))
+
+
+def plot_variance_prediction(toy: pd.DataFrame, network: pd.DataFrame, title: str | None = None):
+    """Two :func:`prediction_table` panels: a toy stack (linear y axis, x from 0 = its input) and a
+    network (log y axis, x = block index), as in notebook 03's section 7.
+
+    A series labelled exactly by a mode (``"bf"``) gets that mode's colour (:func:`mode_colors`);
+    every other series (toys, variants such as ``"bf + PReLU gain"``) takes the palette colours
+    after the modes', in order, so no series borrows a mode's colour. One legend below the panels.
+    """
+    for name, table in (("toy", toy), ("network", network)):
+        if table["panel"].nunique() != 1:
+            raise ValueError(f"{name} must be a prediction_table of one panel, got panels {sorted(table['panel'].unique())}")
+    toy_panel, net_panel = toy["panel"].iloc[0], network["panel"].iloc[0]
+    labels = list(dict.fromkeys([*toy["series"], *network["series"]]))
+    modes = mode_colors()
+    others = iter(_colors(3 + len(labels))[3:])
+    colors = {label: modes[label] if label in modes else next(others) for label in labels}
+    return plot_predicted_vs_measured(pd.concat([toy, network]), xlabel={toy_panel: "block index l (0: input)", net_panel: "block index l"},
+                                      ylabel="channel variance (a.u.)", log={toy_panel: False}, legend="figure",
+                                      colors=colors, title=title)
+
+
+__all__ += ["prediction_table", "mode_colors", "plot_variance_prediction", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 
 # --------------------------------------------------------------------------

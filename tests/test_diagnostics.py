@@ -1,5 +1,6 @@
 """Known answers of bnn_helpers.diagnostics: channel statistics, flips, AGC share, StatsRecorder."""
 import math
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -462,3 +463,15 @@ def test_signal_at_init_and_trained_reads_a_finished_run(tmp_path, tiny_run):
     again = D.signal_at_init_and_trained({"bf": run_dir}, x, num_classes=10)
     pd.testing.assert_frame_equal(tables["bf · init"], again["bf · init"])       # seeded initialisation
     assert not tables["bf · init"]["avg_var"].equals(tables["bf · trained"]["avg_var"])
+
+
+def test_beta_schedule_table_holds_both_schedules_and_the_prediction():
+    from bnn_helpers.models.reactnet_a import STRIDES, beta_schedule_a
+    table = D.beta_schedule_table(STRIDES, 0.2)
+    assert list(table.index) == list(range(1, 14)) and list(table.stride) == list(STRIDES)
+    for name in ("published", "nf"):
+        betas = beta_schedule_a(STRIDES, 0.2, name)
+        assert table[f"beta1 {name}"].tolist() == [b[0] for b in betas]
+        assert table[f"beta2 {name}"].tolist() == [b[1] for b in betas]
+    assert np.allclose(table[D.PREDICTED_INPUT_VAR], 1 / table["beta1 published"] ** 2)
+    assert table.loc[12, D.PREDICTED_INPUT_VAR] == pytest.approx(1.40)

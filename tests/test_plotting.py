@@ -438,3 +438,20 @@ def test_evaluation_bars_grey_groups_and_chance():
     assert all(abs(c[0] - c[1]) < 1e-9 and abs(c[1] - c[2]) < 1e-9 for c in (b.get_facecolor() for b in bars))
     assert ax.get_ylim() == (0, 100) and ax.get_xlabel() == "network"
     assert "chance (10 %)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_variance_prediction_gives_modes_their_colour_and_others_distinct_ones():
+    x = np.arange(4)
+    toy = P.prediction_table(x, 1 + x / 25, {"identity": 1 + x / 25, "prelu": 0.4 + 0 * x}, panel="toy")
+    net = P.prediction_table(x[1:], np.ones(3), {"bf": [0.3, 0.1, 0.05], "bf + gain": [2.0, 10.0, 50.0]}, panel="net")
+    fig = P.plot_variance_prediction(toy, net, title="t")
+    left, right = fig.axes
+    assert left.get_yscale() == "linear" and right.get_yscale() == "log"
+    assert left.get_xlabel() == "block index l (0: input)" and right.get_xlabel() == "block index l"
+    colours = {l.get_label(): matplotlib.colors.to_hex(l.get_color()) for ax in fig.axes for l in ax.lines}
+    modes = {m: matplotlib.colors.to_hex(c) for m, c in P.mode_colors().items()}
+    assert colours["bf"] == modes["bf"]
+    measured = ["identity", "prelu", "bf + gain"]
+    assert len({colours[k] for k in measured}) == 3 and not {colours[k] for k in measured} & set(modes.values())
+    with pytest.raises(ValueError, match="one panel"):
+        P.plot_variance_prediction(pd.concat([toy, net]), net)
