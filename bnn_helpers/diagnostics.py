@@ -83,8 +83,6 @@ __all__ = [
     "block_input_variance",
     "sign_entropy_bits",
     "signal_summary",
-    "bn_signal_checks",
-    "binarization_drop",
     "logit_variance",
     "batch_coupling",
     "train_mode_dependence",
@@ -377,67 +375,6 @@ def signal_summary(tables: Mapping, names: Iterable[str] | None = None,
     if names and index.nlevels == 1:
         index.name = list(names)[0]
     return pd.DataFrame(rows, index=index)
-
-
-def bn_signal_checks(tables: Mapping, summary: pd.DataFrame, noise: str = "N(0,1)",
-                     photos: str = "photos") -> pd.Series:
-    """The numbers notebook 02 compares about ``bn`` and ``none`` at initialisation.
-
-    ``tables``: :func:`signal_propagation` tables keyed ``(input, mode)`` with modes
-    ``bn`` and ``none`` and inputs ``noise`` and ``photos``; ``summary``: their
-    :func:`signal_summary` with ``names=("input", "mode")``. Entries:
-
-    * ``bn branch var 3x3 min`` / ``max``, ``bn branch var 1x1 min`` / ``max``: the
-      variance of BN'd branches, blocks 2 and later, every input;
-    * ``none noise: min share +1, sign 1, blocks 4+``, ``... sign 2, blocks 3+`` and
-      ``none noise: max branch var 1x1, blocks 3+`` (0: the 1x1 branch is constant);
-    * ``logit variance, none noise`` and ``logit variance, none photos``;
-    * ``bn: min growth of mean², block 1 to last``: last block's squared mean over
-      block 1's, the smaller over the inputs.
-    """
-    def blocks(kind, mode, first):
-        table = tables[kind, mode].set_index("name")
-        names = [n for n in table.index if str(n).startswith("block")]
-        return table.loc[names[first - 1:]]
-
-    inputs = sorted({kind for kind, _ in tables}, key=str)
-    bn = pd.concat([blocks(kind, "bn", 2) for kind in inputs])
-    none_noise = blocks(noise, "none", 1)
-    growth = min(blocks(kind, "bn", 1)["avg_sq_mean"].iloc[-1] / blocks(kind, "bn", 1)["avg_sq_mean"].iloc[0]
-                 for kind in inputs)
-    return pd.Series({
-        "bn branch var 3x3 min": bn["branch_var"].min(), "bn branch var 3x3 max": bn["branch_var"].max(),
-        "bn branch var 1x1 min": bn["branch_var2"].min(), "bn branch var 1x1 max": bn["branch_var2"].max(),
-        "none noise: min share +1, sign 1, blocks 4+": none_noise["sign_balance1"].iloc[3:].min(),
-        "none noise: min share +1, sign 2, blocks 3+": none_noise["sign_balance2"].iloc[2:].min(),
-        "none noise: max branch var 1x1, blocks 3+": none_noise["branch_var2"].iloc[2:].max(),
-        "logit variance, none noise": summary.loc[(noise, "none"), "logit variance across inputs"],
-        "logit variance, none photos": summary.loc[(photos, "none"), "logit variance across inputs"],
-        "bn: min growth of mean², block 1 to last": growth,
-    })
-
-
-def binarization_drop(gap: pd.DataFrame, real: str = "step 1 (real weights)",
-                      binarized: str = "step 2 start (binarized)") -> pd.Series:
-    """Top-1 (%) before and after binarizing step 1's weights, per mode.
-
-    ``gap``: indexed ``(mode, weights)`` with ``weights`` in ``{real, binarized}`` and
-    columns ``eval mode (running stats)`` and ``train mode (batch stats)``. Entries per
-    mode ``m``: ``before m``, ``after m`` (eval mode) and ``drop m`` = before − after;
-    for ``bn`` also ``after bn, batch stats``, ``fresh-statistics gain`` (batch minus
-    running statistics, binarized) and ``gain / bn drop``.
-    """
-    evaluated = gap["eval mode (running stats)"]
-    out = {}
-    for mode in gap.index.get_level_values(0).unique():
-        before, after = evaluated[mode, real], evaluated[mode, binarized]
-        out.update({f"before {mode}": before, f"after {mode}": after, f"drop {mode}": before - after})
-    if "bn" in gap.index.get_level_values(0):
-        batch = gap.loc[("bn", binarized), "train mode (batch stats)"]
-        out["after bn, batch stats"] = batch
-        out["fresh-statistics gain"] = batch - out["after bn"]
-        out["gain / bn drop"] = out["fresh-statistics gain"] / out["drop bn"]
-    return pd.Series(out)
 
 
 def batch_coupling(model: nn.Module, sample: torch.Tensor, companions_a: torch.Tensor,

@@ -199,33 +199,3 @@ def test_init_signal_propagation_init_hook():
     mixed = init_signal_propagation(x, norms=("none",), width_mult=0.25, init=reinit)
     assert seen == ["none"]
     assert not plain["none"]["avg_var"].equals(mixed["none"]["avg_var"])   # the hook ran before measuring
-
-
-def test_bn_signal_checks_reads_the_compared_numbers():
-    from bnn_helpers.diagnostics import bn_signal_checks
-    tables = {("N(0,1)", "bn"): sp_table(), ("photos", "bn"): sp_table(scale=2.0),
-              ("N(0,1)", "none"): sp_table(constant_signs=True), ("photos", "none"): sp_table(scale=3.0)}
-    tables["N(0,1)", "bn"].loc[2, "branch_var"] = 0.9          # block 2, 3x3 half
-    tables["N(0,1)", "none"].loc[1, "sign_balance1"] = 0.2     # block 1: outside "blocks 4+"
-    tables["N(0,1)", "none"].loc[4, "sign_balance1"] = 0.7     # block 4: inside
-    summary = signal_summary(tables, names=("input", "mode"))
-    checks = bn_signal_checks(tables, summary)
-    assert checks["bn branch var 3x3 min"] == 0.1 and checks["bn branch var 3x3 max"] == 0.9
-    assert checks["bn branch var 1x1 max"] == 0.0
-    assert checks["none noise: min share +1, sign 1, blocks 4+"] == 0.7
-    assert checks["none noise: min share +1, sign 2, blocks 3+"] == 1.0
-    assert checks["none noise: max branch var 1x1, blocks 3+"] == 0.0
-    assert checks["logit variance, none noise"] == summary.loc[("N(0,1)", "none"), "logit variance across inputs"]
-    assert checks["bn: min growth of mean², block 1 to last"] == pytest.approx(5 / 2)   # both scales: (4+1)/(1+1)
-
-
-def test_binarization_drop_per_mode_and_bn_fresh_statistics():
-    from bnn_helpers.diagnostics import binarization_drop
-    index = pd.MultiIndex.from_product([["bn", "none"], ["step 1 (real weights)", "step 2 start (binarized)"]],
-                                       names=["mode", "weights"])
-    gap = pd.DataFrame({"eval mode (running stats)": [80.0, 10.0, 90.0, 70.0],
-                        "train mode (batch stats)": [81.0, 45.0, 90.0, 70.0]}, index=index)
-    drop = binarization_drop(gap)
-    assert drop["before bn"] == 80 and drop["after bn"] == 10 and drop["drop bn"] == 70 and drop["drop none"] == 20
-    assert drop["after bn, batch stats"] == 45 and drop["fresh-statistics gain"] == 35
-    assert drop["gain / bn drop"] == pytest.approx(0.5)
