@@ -334,7 +334,7 @@ def format_stats_overview(o: dict) -> str:
     (w_lo, w_hi), (a_lo, a_hi), (c_lo, c_hi) = o["weight_balance"], o["act_balance"], o["agc_clip_share"]
     return "\n".join([
         f"flip ratio: last step-1 value {o['last_step1_flip']:.1e}, first step-2 value {o['first_step2_flip']:.1e}; "
-        f"epoch 2 below epoch 1 (per step): {o['epoch2_below_epoch1']}",
+        f"epoch 2 below epoch 1 (per step): {({int(k): v for k, v in o['epoch2_below_epoch1'].items()})}",
         f"weight sign balance: {w_lo:.5f}–{w_hi:.5f}",
         f"activation sign balance: {a_lo:.2f}–{a_hi:.2f}; empty in the first row of each step: "
         f"{o['first_act_missing']} ({o['act_recorded']} of {o['rows']} rows recorded)",

@@ -196,8 +196,9 @@ def test_format_stats_overview_prints_one_line_per_panel():
     from bnn_helpers.results import format_stats_overview
     o = {"first_act_missing": [True, True], "act_recorded": 6, "rows": 8, "weight_balance": (0.5, 0.503),
          "act_balance": (0.68, 0.72), "agc_clip_share": (0.05, 0.3), "last_step1_flip": 2e-3,
-         "first_step2_flip": 8e-3, "epoch2_below_epoch1": {1: True, 2: False}}
+         "first_step2_flip": 8e-3, "epoch2_below_epoch1": {np.int64(1): True, np.int64(2): False}}
     lines = format_stats_overview(o).splitlines()
+    assert lines[0].endswith("{1: True, 2: False}")
     assert len(lines) == 4 and "2.0e-03" in lines[0] and "8.0e-03" in lines[0]
     assert "0.50000–0.50300" in lines[1] and "0.68–0.72" in lines[2] and "6 of 8" in lines[2]
     assert lines[3] == "AGC clipped share: 5.0%–30.0%"
