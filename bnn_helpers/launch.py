@@ -11,13 +11,15 @@ start-up and call :func:`bnn_helpers.train.run` (same code path)::
                  nproc=8, dry_run=True))
     run_dir = launch("configs/digits/reactnet_a_bf.yaml", {"epochs": 2})
 
-Planning helpers: :func:`config_changes` (what a set of overrides changes in a
+Planning helpers: :func:`gpu_commands` (the commands
+for 1 GPU, 8 GPUs, several nodes and SLURM at once), :func:`config_changes` (what a set of overrides changes in a
 config, as a table), :func:`gpu_training_estimates` / :func:`format_estimates`
 (images/s, time per epoch and loader processes per GPU, estimated from a FLOP
 count and an assumed utilisation), :func:`sbatch_script`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -30,7 +32,7 @@ import yaml
 
 from .config import TrainError, load_config, run_dir_of
 
-__all__ = ["launch", "build_command", "config_changes", "gpu_training_estimates", "format_estimates",
+__all__ = ["launch", "build_command", "gpu_commands", "config_changes", "gpu_training_estimates", "format_estimates",
            "sbatch_script"]
 
 
@@ -122,6 +124,33 @@ def launch(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 
         raise TrainError(errors[-1][len("error: "):] if errors else
                          f"training exited with status {proc.returncode}; see the output above")
     return run_dir_of(cfg)
+
+
+def gpu_commands(config: str, overrides: dict | None = None, gpus_per_node: int = 8, nodes: int = 4,
+                 rdzv_endpoint: str = "node0:29500", root: str | Path | None = None) -> dict[str, str]:
+    """The launch commands for one GPU, one machine, several machines and SLURM, as text.
+
+    ``config`` is a path relative to ``root`` (default: the repository root
+    found from the current folder), the folder the commands are run from; each command is ``launch(config,
+    overrides, ..., dry_run=True)``, so the config is validated first. Keys, in
+    order: ``"one GPU"``, ``"{gpus_per_node} GPUs, one machine"``, ``"{nodes}
+    machines x {gpus_per_node} GPUs (run on every machine)"``, ``"SLURM, {nodes}
+    nodes x {gpus_per_node} GPUs (inside an sbatch script)"`` and ``"SLURM,
+    continuing (--resume true)"``: the srun line of every later submission.
+    """
+    from .paths import repo_root
+
+    def command(extra=None, **kwargs):
+        return launch(config, {**(overrides or {}), **(extra or {})}, dry_run=True, **kwargs)
+
+    g, n = gpus_per_node, nodes
+    with contextlib.chdir(root if root is not None else repo_root()):
+        return {"one GPU": command(nproc=1),
+                f"{g} GPUs, one machine": command(nproc=g),
+                f"{n} machines x {g} GPUs (run on every machine)": command(nproc=g, nnodes=n,
+                                                                           rdzv_endpoint=rdzv_endpoint),
+                f"SLURM, {n} nodes x {g} GPUs (inside an sbatch script)": command(nproc=g, nnodes=n, slurm=True),
+                "SLURM, continuing (--resume true)": command({"resume": True}, nproc=g, nnodes=n, slurm=True)}
 
 
 def config_changes(cfg: dict, overrides: dict, before: str = "ImageNet run",

@@ -523,7 +523,7 @@ _MIN_BALANCE_SPAN = 0.02
 
 
 def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None,
-                        colors: Mapping[str, object] | None = None):
+                        colors: Mapping[str, object] | None = None, legend: bool = True):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
@@ -537,7 +537,8 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     single panel, whose title is the figure's. A NaN in ``stats.csv`` (the
     activation balance of the first recorded step of each training step)
     leaves a gap. ``colors`` (``{label: matplotlib colour}``) fixes some labels'
-    colours; the others keep theirs.
+    colours; the others keep theirs. ``legend=False`` draws no legend (one run
+    whose name the title already gives).
     """
     known = [c for c, *_ in _STATS_PANELS]
     unknown = set(columns or ()) - set(known)
@@ -573,10 +574,12 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if len(panels) == 1:               # one title (the figure's), the legend below the panel
         axes[0].set_title("")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 3))
+        if legend:
+            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 3))
         fig.suptitle(title or panels[0][1])
     else:
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
+        if legend:
+            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
         fig.suptitle(title or "Training statistics")
     return fig
 

@@ -26,7 +26,8 @@ from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
            "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "mode_gaps",
-           "panel_runs", "pivot_tables", "format_tables", "stats_overview"]
+           "panel_runs", "pivot_tables", "format_tables", "stats_overview",
+           "format_stats_overview", "checkpoint_table"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -326,3 +327,33 @@ def stats_overview(stats: pd.DataFrame) -> dict:
             "last_step1_flip": float(stats[stats.step == 1].flip_ratio.iloc[-1]),
             "first_step2_flip": float(step2.iloc[0]) if len(step2) else float("nan"),
             "epoch2_below_epoch1": later}
+
+
+def format_stats_overview(o: dict) -> str:
+    """The numbers of :func:`stats_overview` as four printed lines, one per figure panel."""
+    (w_lo, w_hi), (a_lo, a_hi), (c_lo, c_hi) = o["weight_balance"], o["act_balance"], o["agc_clip_share"]
+    return "\n".join([
+        f"flip ratio: last step-1 value {o['last_step1_flip']:.1e}, first step-2 value {o['first_step2_flip']:.1e}; "
+        f"epoch 2 below epoch 1 (per step): {({int(k): v for k, v in o['epoch2_below_epoch1'].items()})}",
+        f"weight sign balance: {w_lo:.5f}–{w_hi:.5f}",
+        f"activation sign balance: {a_lo:.2f}–{a_hi:.2f}; empty in the first row of each step: "
+        f"{o['first_act_missing']} ({o['act_recorded']} of {o['rows']} rows recorded)",
+        f"AGC clipped share: {c_lo:.1%}–{c_hi:.1%}"])
+
+
+def checkpoint_table(run_dir: str | Path) -> pd.DataFrame:
+    """One row per engine checkpoint ``step*/{last,best}.pth`` of a run directory.
+
+    Columns: ``file`` (relative to ``run_dir``), ``step``, ``epoch``,
+    ``best_top1``, ``num_classes`` (as stored in the checkpoint) and, from the
+    config the checkpoint carries, ``model``, ``loss`` and ``agc``.
+    """
+    from .checkpoints import read_checkpoint
+
+    run_dir, rows = Path(run_dir), []
+    for path in sorted(run_dir.glob("step*/*.pth")):
+        ckpt = read_checkpoint(path)
+        rows.append({"file": path.relative_to(run_dir).as_posix(), "step": ckpt["step"], "epoch": ckpt["epoch"],
+                     "best_top1": ckpt["best_top1"], "num_classes": ckpt["num_classes"],
+                     **{key: ckpt["config"].get(key) for key in ("model", "loss", "agc")}})
+    return pd.DataFrame(rows)

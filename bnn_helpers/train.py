@@ -126,19 +126,22 @@ def run(config=None, overrides=None, *, on_batch_end=None, **kwargs) -> Path:
 
 
 def stop_and_resume(config, overrides: dict, names=("resume_straight", "resume_demo"),
-                    stop_after_epoch: int = 1):
+                    stop_after_epoch: int = 1, stop_at_batch: int | None = None):
     """The resume check: the same run once in one go, and once stopped and resumed.
 
     Trains ``config`` with ``overrides`` (one training step, ``step`` given)
     into run ``names[0]`` without interruption; then into ``names[1]``, stopped
-    after epoch ``stop_after_epoch`` through ``trainer.request_stop()`` (what
+    after epoch ``stop_after_epoch`` (with ``stop_at_batch``: after that batch,
+    counted from 1, inside epoch ``stop_after_epoch``) through ``trainer.request_stop()`` (what
     SIGTERM triggers: finish the batch, save ``last.pth``, return), and resumed
     from that checkpoint with ``resume=True``. Returns ``(straight_dir,
     resumed_dir, stopped_at)``, ``stopped_at`` the epoch of the checkpoint the
-    stop left. Compare the two runs' ``last.pth`` to check the resume.
+    stop left (finished epochs: 0 for a stop inside epoch 1). Compare the two
+    runs' ``last.pth`` to check the resume.
     """
     def stop(trainer, step, epoch, batch):
-        if epoch == stop_after_epoch and batch == trainer.train_loader.sampler.num_batches():
+        last = trainer.train_loader.sampler.num_batches() if stop_at_batch is None else stop_at_batch
+        if epoch == stop_after_epoch and batch == last:
             trainer.request_stop()
 
     straight = run(config, dict(overrides, name=names[0]))

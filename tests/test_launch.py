@@ -61,3 +61,20 @@ def test_sbatch_script_wraps_the_srun_line_with_the_resume_signal():
     assert any(l.startswith("#SBATCH --signal=TERM@300") for l in lines)    # the engine saves last.pth on SIGTERM
     with pytest.raises(ValueError, match="nodes"):
         sbatch_script("srun", nodes=0)
+
+
+def test_gpu_commands_builds_every_launch_line_from_the_repo_root(tmp_path, monkeypatch):
+    from bnn_helpers.launch import gpu_commands
+
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)   # the config path is resolved against root, not the cwd
+    commands = gpu_commands("configs/imagenet/reactnet_a_bf.yaml", {"data_dir": "/d", "amp": "bf16"},
+                            root=Path(__file__).resolve().parents[1])
+    one, eight, multi, slurm, resume = commands.values()
+    assert list(commands)[1:3] == ["8 GPUs, one machine", "4 machines x 8 GPUs (run on every machine)"]
+    assert "--nproc_per_node=1 --standalone" in one and "--nproc_per_node=8 --standalone" in eight
+    assert "--nnodes=4" in multi and "--rdzv_endpoint=node0:29500" in multi
+    assert slurm.startswith("srun --nodes=4") and "--resume" not in slurm
+    assert resume.startswith("srun --nodes=4") and resume.endswith("--resume true'")
+    assert all("--config configs/imagenet/reactnet_a_bf.yaml --data-dir /d --amp bf16" in c for c in commands.values())

@@ -190,3 +190,36 @@ def test_stats_overview_reads_the_stats_table():
     assert o["agc_clip_share"] == (0.05, 0.3)
     assert o["last_step1_flip"] == 2e-3 and o["first_step2_flip"] == 8e-3
     assert o["epoch2_below_epoch1"] == {1: True, 2: False}      # step 2: 7e-3 is not below 6e-3
+
+
+def test_format_stats_overview_prints_one_line_per_panel():
+    from bnn_helpers.results import format_stats_overview
+    o = {"first_act_missing": [True, True], "act_recorded": 6, "rows": 8, "weight_balance": (0.5, 0.503),
+         "act_balance": (0.68, 0.72), "agc_clip_share": (0.05, 0.3), "last_step1_flip": 2e-3,
+         "first_step2_flip": 8e-3, "epoch2_below_epoch1": {np.int64(1): True, np.int64(2): False}}
+    lines = format_stats_overview(o).splitlines()
+    assert lines[0].endswith("{1: True, 2: False}")
+    assert len(lines) == 4 and "2.0e-03" in lines[0] and "8.0e-03" in lines[0]
+    assert "0.50000–0.50300" in lines[1] and "0.68–0.72" in lines[2] and "6 of 8" in lines[2]
+    assert lines[3] == "AGC clipped share: 5.0%–30.0%"
+
+
+def test_checkpoint_table_lists_every_checkpoint_of_a_run(tmp_path):
+    from bnn_helpers.results import checkpoint_table
+    for step in (1, 2):
+        (tmp_path / f"step{step}").mkdir()
+        for which, epoch in (("best", 1), ("last", 2)):
+            torch.save({"model": {}, "num_classes": 10, "step": step, "epoch": epoch, "best_top1": 12.5,
+                        "config": {"model": "reactnet_a_bf", "loss": "kd", "agc": True}},
+                       tmp_path / f"step{step}" / f"{which}.pth")
+    table = checkpoint_table(tmp_path)
+    assert table.file.tolist() == ["step1/best.pth", "step1/last.pth", "step2/best.pth", "step2/last.pth"]
+    assert table.step.tolist() == [1, 1, 2, 2] and table.epoch.tolist() == [1, 2, 1, 2]
+    assert (table.num_classes == 10).all() and (table.loss == "kd").all() and table.agc.all()
+
+
+def test_training_stats_legend_can_be_left_out(tmp_path):
+    run = _stats_run(tmp_path / "run", 0.5)
+    assert len(P.plot_training_stats(run).legends) == 1
+    assert not P.plot_training_stats(run, legend=False).legends
+    assert not P.plot_training_stats(run, columns=["flip_ratio"], legend=False).legends

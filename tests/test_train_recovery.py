@@ -305,3 +305,11 @@ def test_stop_and_resume_ends_with_the_straight_runs_weights(tmp_path, quick):
     a, b = (read_checkpoint(d / "step1" / "last.pth") for d in (straight, resumed))
     assert stopped_at == 1 and a["epoch"] == b["epoch"] == 2 and straight != resumed
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_stop_and_resume_can_stop_inside_an_epoch(tmp_path, quick):
+    straight, resumed, stopped_at = stop_and_resume(None, dict(quick, epochs=2, output_dir=str(tmp_path)),
+                                                    stop_at_batch=1)
+    a, b = (read_checkpoint(d / "step1" / "last.pth") for d in (straight, resumed))
+    assert stopped_at == 0 and a["epoch"] == b["epoch"] == 2   # stopped with no epoch finished
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
