@@ -116,7 +116,7 @@ def test_estimator_plot_shows_autograd_backward():
     assert len(forward.lines) == 1 + len(ESTIMATORS)
     assert len(backward.lines) == len(ESTIMATORS)
     lines = {l.get_label(): l for l in backward.lines}
-    x, y = (np.asarray(v) for v in lines["approx (ApproxSign)"].get_data())
+    x, y = (np.asarray(v) for v in lines["ApproxSign (sign_approx)"].get_data())
     for point, expected in ((0.0, 2.0), (0.5, 1.0), (-0.5, 1.0), (1.5, 0.0)):
         assert y[np.argmin(np.abs(x - point))] == pytest.approx(expected, abs=1e-9)
     x, y = (np.asarray(v) for v in lines["identity"].get_data())
@@ -429,3 +429,12 @@ def test_evaluation_bars_grey_groups_and_chance():
     assert all(abs(c[0] - c[1]) < 1e-9 and abs(c[1] - c[2]) < 1e-9 for c in (b.get_facecolor() for b in bars))
     assert ax.get_ylim() == (0, 100) and ax.get_xlabel() == "network"
     assert "chance (10 %)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_run_comparison_sharey_gives_every_panel_one_y_range(tmp_path):
+    a, b = write_run(tmp_path / "a", epochs=(4,)), write_run(tmp_path / "b", epochs=(2,), seed=1)
+    fig = P.plot_run_comparison({"p": {"a": a}, "q": {"b": b}}, sharey=True)
+    first, second = fig.axes
+    assert first.get_ylim() == second.get_ylim()
+    first.set_ylim(0, 100)
+    assert second.get_ylim() == (0, 100)
