@@ -523,7 +523,8 @@ _MIN_BALANCE_SPAN = 0.02
 
 
 def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None,
-                        colors: Mapping[str, object] | None = None, legend: bool = True):
+                        colors: Mapping[str, object] | None = None,
+                        styles: Mapping[str, str] | None = None, legend: bool = True):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
@@ -537,8 +538,9 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     single panel, whose title is the figure's. A NaN in ``stats.csv`` (the
     activation balance of the first recorded step of each training step)
     leaves a gap. ``colors`` (``{label: matplotlib colour}``) fixes some labels'
-    colours; the others keep theirs. ``legend=False`` draws no legend (one run
-    whose name the title already gives).
+    colours; the others keep theirs. ``styles`` (``{label: matplotlib
+    linestyle}``) sets some labels' line styles (default solid). ``legend=False``
+    draws no legend (one run whose name the title already gives).
     """
     known = [c for c, *_ in _STATS_PANELS]
     unknown = set(columns or ()) - set(known)
@@ -559,7 +561,7 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
             values = table[column].to_numpy(dtype=float)
             if log:
                 values = np.where(values > 0, values, np.nan)
-            ax.plot(table["x"], values, color=color, label=label)
+            ax.plot(table["x"], values, color=color, linestyle=(styles or {}).get(label, "-"), label=label)
     for ax, (column, name, ylabel, log) in zip(axes, panels):
         if log:
             ax.set_yscale("log")
@@ -603,7 +605,7 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     ax_fwd.plot(grid, torch.sign(grid), color="black", linewidth=2.2, label="sign(x) (forward)")
     dx = float(grid[1] - grid[0])
     zero = int(torch.argmin(grid.abs()))
-    labels = {"identity": "identity", "ste": "ste (clipped identity)", "approx": "approx (ApproxSign)"}
+    labels = {"identity": "identity", "ste": "clipped (sign_ste)", "approx": "ApproxSign (sign_approx)"}
     widths = np.linspace(3.6, 2.2, len(ESTIMATORS))   # later curves thinner: coinciding ones stay visible
     for (name, fn), color, width in zip(ESTIMATORS.items(), _colors(len(ESTIMATORS)), widths):
         x = grid.clone().requires_grad_(True)
@@ -846,7 +848,8 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
 def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], metric: str = "val_top1",
                         ylabel: str = "validation top-1 (%)", chance: float | None = None,
                         styles: Mapping[str, str] | None = None, ncols: int | None = None,
-                        title: str | None = None, colors: Mapping[str, object] | None = None):
+                        title: str | None = None, colors: Mapping[str, object] | None = None,
+                        sharey: bool = False):
     """Several small comparisons of training runs: one panel per ``{panel title: {label: run directory}}``.
 
     Each run contributes ``metric`` per epoch from its ``summary.csv`` (step 1
@@ -855,12 +858,16 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
     ``styles`` maps a label to a matplotlib linestyle; ``chance`` draws a grey
     horizontal line. Epoch ticks are integers. ``colors`` (``{label:
     matplotlib colour}``) fixes some labels' colours; the others keep the palette.
+    ``sharey=True`` gives every panel the same y range (to compare panels by eye).
     """
     if not panels:
         raise ValueError("plot_run_comparison needs at least one panel: {title: {label: run directory}}")
     labels = list(dict.fromkeys(label for runs in panels.values() for label in runs))
     colors = {**dict(zip(labels, _colors(len(labels)))), **(colors or {})}
     fig, axes = _figure(len(panels), ncols=ncols or min(len(panels), 2))
+    if sharey:
+        for ax in axes[1:]:
+            ax.sharey(axes[0])
     for ax, (name, runs) in zip(axes, panels.items()):
         for label, run in runs.items():
             path = Path(run) / "summary.csv"

@@ -154,7 +154,7 @@ def test_estimator_legend_sits_below_both_panels():
     (legend,) = fig.legends
     styles = " (left dashed, right solid)"   # each estimator's entry pairs its two panels' line styles
     assert [t.get_text() for t in legend.get_texts()] == ["sign(x) (forward)", "identity" + styles,
-                                                          "ste (clipped identity)" + styles, "approx (ApproxSign)" + styles]
+                                                          "clipped (sign_ste)" + styles, "ApproxSign (sign_approx)" + styles]
     forward, backward = fig.axes
     assert all(line.get_linestyle() == "--" for line in forward.lines[1:])
     assert all(line.get_linestyle() == "-" for line in backward.lines)

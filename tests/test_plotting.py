@@ -125,7 +125,7 @@ def test_estimator_plot_shows_autograd_backward():
     assert len(forward.lines) == 1 + len(ESTIMATORS)
     assert len(backward.lines) == len(ESTIMATORS)
     lines = {l.get_label(): l for l in backward.lines}
-    x, y = (np.asarray(v) for v in lines["approx (ApproxSign)"].get_data())
+    x, y = (np.asarray(v) for v in lines["ApproxSign (sign_approx)"].get_data())
     for point, expected in ((0.0, 2.0), (0.5, 1.0), (-0.5, 1.0), (1.5, 0.0)):
         assert y[np.argmin(np.abs(x - point))] == pytest.approx(expected, abs=1e-9)
     x, y = (np.asarray(v) for v in lines["identity"].get_data())
@@ -455,3 +455,12 @@ def test_variance_prediction_gives_modes_their_colour_and_others_distinct_ones()
     assert len({colours[k] for k in measured}) == 3 and not {colours[k] for k in measured} & set(modes.values())
     with pytest.raises(ValueError, match="one panel"):
         P.plot_variance_prediction(pd.concat([toy, net]), net)
+
+
+def test_run_comparison_sharey_gives_every_panel_one_y_range(tmp_path):
+    a, b = write_run(tmp_path / "a", epochs=(4,)), write_run(tmp_path / "b", epochs=(2,), seed=1)
+    fig = P.plot_run_comparison({"p": {"a": a}, "q": {"b": b}}, sharey=True)
+    first, second = fig.axes
+    assert first.get_ylim() == second.get_ylim()
+    first.set_ylim(0, 100)
+    assert second.get_ylim() == (0, 100)
