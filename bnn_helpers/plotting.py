@@ -975,11 +975,11 @@ def _draw_block(ax, reduction: bool) -> None:
     stride = 2 if reduction else 1
     # Half 1: sign of the rescaled input, 3x3 binary conv, x alpha, + shortcut, RPReLU.
     # Each RSign has its own bias (b₁, b₂), each RPReLU its own shifts and slope.
-    chain(main, [("x   (C×H×W)", "io"), ("× 1/β₁", "real"), ("RSign₁: sign(· + b₁)", "binary"),
+    chain(main, [("x   (C×H×W)", "io"), ("× 1/$\\beta_{l,1}$", "real"), ("RSign₁: sign(· + b₁)", "binary"),
                  (f"3×3 binary conv, stride {stride}\n(scaled WS · gain)", "binary"),
                  ("× α", "real"), ("+", "real"), ("RPReLU₁  → y", "real"),
-                 ("× 1/β₂", "real"), ("RSign₂: sign(· + b₂)", "binary")], 0)
-    # The half-1 shortcut is x itself, or avgpool(x/β₁) in a reduction block.
+                 ("× 1/$\\beta_{l,2}$", "real"), ("RSign₂: sign(· + b₂)", "binary")], 0)
+    # The half-1 shortcut is x itself, or avgpool(x/β_{l,1}) in a reduction block.
     skip(rows[1] if reduction else rows[0], rows[5], left, main)
     if reduction:
         box(left, (rows[1] + rows[5]) / 2, "avgpool\n2×2", "real")
@@ -1029,7 +1029,8 @@ def plot_block_diagram(title: str | None = None):
                               label="real-valued, per channel or elementwise")],
                loc="outside lower center", ncols=2, frameon=False)
     fig.suptitle(title or "BN-free ReActNet-A block (mode bf), no normalization anywhere\n"
-                          "α = 0.2; β = predicted input std (the code stores beta1, beta2 = 1/β)")
+                          "α = 0.2; $\\beta_{l,1}$, $\\beta_{l,2}$ = predicted input std of block l's two halves "
+                          "(the code stores beta1, beta2 = 1/β)")
     return fig
 
 

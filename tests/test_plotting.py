@@ -282,6 +282,7 @@ def test_block_diagram_has_every_operation_once():
         binary = matplotlib.colors.to_rgba(P._KIND_COLORS["binary"])
         assert sum(np.allclose(c, binary) for c in colors) == n_binary   # 2 RSigns + the binary convs
         labels = [t.get_text() for t in boxes(ax)]
+        assert {"× 1/$\\beta_{l,1}$", "× 1/$\\beta_{l,2}$"} <= set(labels)   # the notebooks' β_{l,1}, β_{l,2}
         repeated = {label for label in labels if labels.count(label) > 1}
         assert repeated == ({"× α"} if ax is normal else {"× α", "+ y"})   # no box drawn twice
         assert ax.get_title()
