@@ -143,7 +143,8 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
                             include_head: bool = False, title: str | None = None,
                             linestyles: Mapping[str, str] | None = None, *,
                             branch_title: str | None = None, sign_column: str | None = None,
-                            legend_title: str = "variant", own_x_range: bool = False):
+                            legend_title: str = "variant", own_x_range: bool = False,
+                            zeros_at_floor: bool = False):
     """Signal propagation of several variants: one line per label per panel.
 
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
@@ -163,6 +164,11 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     on the same x range as the others; ``own_x_range=True`` instead fits each panel's
     x range to the positions it has data for (no empty "stem" slot under a
     blocks-only panel).
+
+    ``zeros_at_floor=True`` draws exact zeros at the floor too (instead of leaving
+    them out), and the floor's note says so: use it when values that are zero up
+    to float rounding come out sometimes as 0 and sometimes as a tiny positive
+    number, so that they are drawn the same on every CPU.
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
@@ -194,10 +200,11 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
                 ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
                         linestyle=style, label=label)
                 continue
-            if ((values > 0) & (values < _LOG_FLOOR)).any():
+            shown = (values >= 0) if zeros_at_floor else (values > 0)
+            if (shown & (values < _LOG_FLOOR)).any():
                 clipped.add(column)
             # log axes cannot show 0 (e.g. the constant branches of the no-BN network).
-            values = np.where(values > 0, np.maximum(values, _LOG_FLOOR), np.nan)
+            values = np.where(shown, np.maximum(values, _LOG_FLOOR), np.nan)
             ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
                     linestyle=style, label=label)
     span = (min(names) - 0.6, max(names) + 0.6)
@@ -210,7 +217,8 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             ax.set_yscale("log")
         if column in clipped:
             ax.axhline(_LOG_FLOOR, color="0.5", linestyle=":", linewidth=1, zorder=0)
-            ax.text(0.99, _LOG_FLOOR, "plotting floor 10⁻⁶: smaller values drawn here",
+            note = "smaller values and exact 0" if zeros_at_floor else "smaller values"
+            ax.text(0.99, _LOG_FLOOR, f"plotting floor 10⁻⁶: {note} drawn here",
                     transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7, color="0.3")
         ticks = sorted(with_data[column])
         labels = ["stem" if names[p] == "stem" else "head" if names[p] == "head"
@@ -524,7 +532,7 @@ _MIN_BALANCE_SPAN = 0.02
 
 def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None,
                         colors: Mapping[str, object] | None = None,
-                        styles: Mapping[str, str] | None = None, legend: bool = True):
+                        linestyles: Mapping[str, str] | None = None, legend: bool = True):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
@@ -538,9 +546,10 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     single panel, whose title is the figure's. A NaN in ``stats.csv`` (the
     activation balance of the first recorded step of each training step)
     leaves a gap. ``colors`` (``{label: matplotlib colour}``) fixes some labels'
-    colours; the others keep theirs. ``styles`` (``{label: matplotlib
-    linestyle}``) sets some labels' line styles (default solid). ``legend=False``
-    draws no legend (one run whose name the title already gives).
+    colours; the others keep theirs. ``linestyles`` (``{label: matplotlib linestyle}``)
+    draws some labels dashed or dotted; those lines are drawn above the solid ones, so
+    a dashed line stays visible where it lies on top of another run's solid line.
+    ``legend=False`` draws no legend (one run whose name the title already gives).
     """
     known = [c for c, *_ in _STATS_PANELS]
     unknown = set(columns or ()) - set(known)
@@ -561,7 +570,9 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
             values = table[column].to_numpy(dtype=float)
             if log:
                 values = np.where(values > 0, values, np.nan)
-            ax.plot(table["x"], values, color=color, linestyle=(styles or {}).get(label, "-"), label=label)
+            style = (linestyles or {}).get(label, "-")
+            ax.plot(table["x"], values, color=color, label=label, linestyle=style,
+                    zorder=2 if style in ("-", "solid") else 3)
     for ax, (column, name, ylabel, log) in zip(axes, panels):
         if log:
             ax.set_yscale("log")
@@ -759,7 +770,8 @@ def _panels_from_table(table: pd.DataFrame) -> dict:
 def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]] | pd.DataFrame,
                                xlabel: str | Mapping[str, str], ylabel: str, title: str | None = None,
                                log: bool | Mapping[str, bool] = True, legend: str = "panels",
-                               colors: Mapping[str, object] | None = None):
+                               colors: Mapping[str, object] | None = None,
+                        linestyles: Mapping[str, str] | None = None):
     """One panel per entry of ``panels``: predictions as dark dashed lines, measurements as coloured markers.
 
     ``panels``: a :func:`prediction_table` (one panel per value of its ``panel``

@@ -25,7 +25,7 @@ import yaml
 from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
-           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "mode_gaps",
+           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "stats_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
            "format_stats_overview", "checkpoint_table"]
 
@@ -175,6 +175,38 @@ def stats_by_mode(stats: pd.DataFrame, order=None, seed=None) -> pd.DataFrame:
         "act_min": by_mode["act_sign_balance"].min(), "act_max": by_mode["act_sign_balance"].max(),
         "agc_clip_share": stats.groupby("mode")["agc_clip_share"].mean()})
     return table.reindex(list(order)) if order is not None else table
+
+
+def stats_readings(by_mode: pd.DataFrame) -> pd.Series:
+    """Notebook 06's readings of the digits training statistics, each checked: ``{reading: bool}``.
+
+    ``by_mode``: ``stats_by_mode(...)`` with rows ``bn``, ``none``, ``bf``. The bounds leave
+    margins of several times the measured differences (seeds, CPUs):
+
+    * weight signs balanced: every per-step mean and seed 0's start within (0.49, 0.51);
+    * ``none`` drifts below ½: its end balance more than 0.004 below the other modes';
+    * activation signs not balanced: every per-step mean within (0.55, 0.8);
+    * activations closest to ½ in ``none``: its highest mean below the others' lowest;
+    * step 2 flips under 1 % per optimizer step in every mode;
+    * ``bn`` and ``none`` flip alike in step 1 (ratio within 25 %), ``bf`` over 4× less;
+    * AGC clips ``bf`` < ``none`` < ``bn``, ``bn`` above 0.9, ``bf`` below 0.5.
+    """
+    flip1, clip = by_mode["flip_step1"], by_mode["agc_clip_share"]
+    balance = by_mode[["balance_min", "balance_max", "balance_start"]]
+    others = by_mode.drop("none")
+    return pd.Series({
+        "weight signs balanced (0.49-0.51)": bool(balance.min().min() > 0.49 and balance.max().max() < 0.51),
+        "none's weight signs drift below 1/2": bool(by_mode.loc["none", "balance_end"]
+                                                    < others["balance_end"].min() - 0.004),
+        "activation signs unbalanced (0.55-0.8)": bool(by_mode["act_min"].min() > 0.55
+                                                      and by_mode["act_max"].max() < 0.8),
+        "activations closest to 1/2 in none": bool(by_mode.loc["none", "act_max"] < others["act_min"].min()),
+        "step 2: under 1 % flips per step": bool((by_mode["flip_step2"] < 0.01).all()),
+        "step 1: bn and none flip alike": bool(abs(flip1["bn"] / flip1["none"] - 1) < 0.25),
+        "step 1: bf flips over 4x less": bool(min(flip1["bn"], flip1["none"]) > 4 * flip1["bf"]),
+        "AGC clips bf < none < bn (bn > 0.9, bf < 0.5)": bool(clip["bf"] < clip["none"] < clip["bn"]
+                                                              and clip["bn"] > 0.9 and clip["bf"] < 0.5)},
+        name="holds")
 
 
 def mode_gaps(accuracy: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from bnn_helpers import plotting as P  # noqa: E402
 from bnn_helpers.diagnostics import signal_by_position  # noqa: E402
 from bnn_helpers.photos import one_per_class, to_display  # noqa: E402
-from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode, mode_gaps  # noqa: E402
+from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode, stats_readings, mode_gaps  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +143,16 @@ def test_photos_for_display_and_one_per_class():
     assert shown.shape == (3, 2, 2, 3) and float(shown.min()) == 0.0 and float(shown.max()) == 1.0
     assert torch.allclose(shown[1, 0, 0], torch.full((3,), 0.25))   # same place in every channel's range
     assert one_per_class(torch.tensor([2, 0, 0, 1, 2])) == [1, 3, 0]
+
+
+def test_stats_readings_hold_on_notebook_06s_numbers_and_fail_when_one_does_not():
+    by_mode = pd.DataFrame({"flip_step1": [0.0064, 0.0064, 0.0010], "flip_step2": [0.0007, 0.0008, 0.0010],
+                            "balance_min": [0.5001, 0.4932, 0.4996], "balance_max": [0.5001, 0.4950, 0.5000],
+                            "balance_start": [0.5005, 0.4989, 0.5004], "balance_end": [0.5006, 0.4917, 0.4998],
+                            "act_min": [0.7061, 0.6019, 0.7060], "act_max": [0.7091, 0.6061, 0.7240],
+                            "agc_clip_share": [0.9886, 0.7925, 0.1236]}, index=["bn", "none", "bf"])
+    readings = stats_readings(by_mode)
+    assert readings.all() and len(readings) == 8
+    broken = by_mode.assign(flip_step1=[0.0064, 0.0064, 0.0030])          # bf flips only about 2x less
+    assert not stats_readings(broken)["step 1: bf flips over 4x less"]
+    assert stats_readings(broken).drop("step 1: bf flips over 4x less").all()

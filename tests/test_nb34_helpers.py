@@ -286,14 +286,3 @@ def test_scaled_outputs_scales_only_inside_the_with():
             with D.scaled_outputs(model, nn.PReLU, 2.0):
                 raise RuntimeError("forward failed")
         assert torch.allclose(model[1](model[0](x)), plain)
-
-
-def test_training_stats_styles_set_line_styles(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    pd.DataFrame({"step": [1, 1], "optimizer_step": [1, 2], "flip_ratio": [0.1, 0.01],
-                  "weight_sign_balance": 0.5, "act_sign_balance": 0.6,
-                  "agc_clip_share": [0.2, 0.3]}).to_csv(run / "stats.csv", index=False)
-    fig = P.plot_training_stats({"a": run, "b": run}, columns=["agc_clip_share"], styles={"b": "--"})
-    first, second = fig.axes[0].lines
-    assert first.get_linestyle() == "-" and second.get_linestyle() == "--"

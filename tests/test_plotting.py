@@ -465,3 +465,23 @@ def test_run_comparison_sharey_gives_every_panel_one_y_range(tmp_path):
     assert first.get_ylim() == second.get_ylim()
     first.set_ylim(0, 100)
     assert second.get_ylim() == (0, 100)
+
+
+def test_signal_propagation_zeros_at_floor_draws_exact_zeros_and_says_so():
+    table = sp_table(1.0).assign(branch_var=[np.nan, 1e-9, 0.0, np.nan])
+    fig = P.plot_signal_propagation({"none": table}, zeros_at_floor=True)
+    line = fig.axes[2].lines[0]
+    assert line.get_ydata()[1] == pytest.approx(1e-6) and line.get_ydata()[2] == pytest.approx(1e-6)
+    assert any("exact 0" in t.get_text() for t in fig.axes[2].texts)
+
+
+def test_training_stats_linestyles_draw_dashed_lines_on_top(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"step": [1, 1], "optimizer_step": [1, 2], "flip_ratio": [0.1, 0.01],
+                  "weight_sign_balance": 0.5, "act_sign_balance": 0.6,
+                  "agc_clip_share": [0.2, 0.3]}).to_csv(run / "stats.csv", index=False)
+    fig = P.plot_training_stats({"bn": run, "none": run}, columns=["flip_ratio"], linestyles={"bn": "--"})
+    dashed, solid = fig.axes[0].lines[:2]
+    assert dashed.get_linestyle() == "--" and solid.get_linestyle() == "-"
+    assert dashed.get_zorder() > solid.get_zorder()
