@@ -10,12 +10,20 @@ upstream gradient, three ways on the same latent weights:
 * ``bn``         ``binarize_weight`` (bn's ``mean|w| * sign(w)``, no gain)
 * ``kernel only``  the two native calls alone, into preallocated buffers: what the
   native path costs without the page faults of its fresh output and gradient
+* ``memory bound``  plain torch ops that move the kernel's bytes and compute nothing:
+  forward ``out.copy_(w)`` (read the weights, write the output), backward
+  ``torch.add(w, up, out=grad)`` (read weights and gradient, write the gradient).
+  ``kernel only`` close to it means the weight path runs at the speed of memory.
+
+``--simd`` picks the build of the native loops (``best``, ``avx512``, ``avx2`` or
+``baseline``; every build gives the same bits).
 
 The three alternate within every round (rotating who goes first), so load changes
 on a shared machine hit all of them; medians of ``--rounds`` after ``--warmup``,
 wall-clock and process CPU time. ::
 
     python benchmarks/weight_path.py --threads 1 --rounds 15
+    python benchmarks/weight_path.py --threads 2 --rounds 15 --simd avx2
 """
 from __future__ import annotations
 
@@ -78,6 +86,22 @@ class _KernelOnly:
         return t
 
 
+class _MemoryBound:
+    """Torch ops that move the native kernel's bytes: copy forward, one add backward."""
+
+    def __init__(self, convs):
+        self.buffers = {id(c): (torch.empty_like(c.weight), torch.empty_like(c.weight))
+                        for c in convs}
+
+    def __call__(self, conv, up):
+        out, grad = self.buffers[id(conv)]
+        w = conv.weight.detach()
+        out.copy_(w)
+        t = time.perf_counter(), time.process_time()
+        torch.add(w, up, out=grad)
+        return t
+
+
 PATHS = {"bf native": (_bf, False), "bf torch": (_bf, True), "bn": (_bn, True)}
 
 
@@ -87,10 +111,13 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--simd", default="best", choices=("best", *weight_native.SIMD_LEVELS),
+                        help="build of the native loops (default: the best the CPU has)")
     parser.add_argument("--json", help="write the medians here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bitconv_native.build()
+    simd = weight_native.simd(bitconv_native._state["lib"], args.simd)
     torch.manual_seed(0)
     model = create_model("reactnet_a_bf", binary_weights=True, width_mult=args.width,
                          num_classes=10)
@@ -100,8 +127,10 @@ def main(argv=None):
             conv.gain.uniform_(0.5, 1.5)
     ups = [torch.randn_like(c.weight) for c in convs]
     n = sum(c.weight.numel() for c in convs)
-    print(f"{len(convs)} binary convs, {n / 1e6:.1f} M latent weights, {args.threads} thread(s)")
-    paths = {**PATHS, "kernel only": (_KernelOnly(convs), False)}
+    print(f"{len(convs)} binary convs, {n / 1e6:.1f} M latent weights, {args.threads} thread(s), "
+          f"native loops: {simd}")
+    paths = {**PATHS, "kernel only": (_KernelOnly(convs), False),
+             "memory bound": (_MemoryBound(convs), False)}
     times = {name: [] for name in paths}
     names = list(paths)
     for r in range(args.warmup + args.rounds):
@@ -111,13 +140,14 @@ def main(argv=None):
             t = _time(path, convs, ups, reference)
             if r >= args.warmup:
                 times[name].append(t)
+    weight_native.simd(bitconv_native._state["lib"], "best")  # the choice ends with the run
     assert weight_native.calls["forward"] >= args.rounds * len(convs)
     med = {name: {k: statistics.median(t[k] for t in ts) * 1e3 for k in ts[0]}
            for name, ts in times.items()}
     bn = med["bn"]
     print(f"medians of {args.rounds} rounds, ms (ratio to bn)   wall | cpu | forward cpu | backward cpu")
     for name, m in med.items():
-        print(f"  {name:11s} {m['wall']:8.1f} ({m['wall'] / bn['wall']:.2f}) | {m['cpu']:8.1f} "
+        print(f"  {name:12s} {m['wall']:8.1f} ({m['wall'] / bn['wall']:.2f}) | {m['cpu']:8.1f} "
               f"({m['cpu'] / bn['cpu']:.2f}) | {m['fwd_cpu']:7.1f} | {m['cpu'] - m['fwd_cpu']:7.1f}")
     if args.json:
         with open(args.json, "w") as f:

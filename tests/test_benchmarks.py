@@ -36,7 +36,7 @@ def test_train_step_quick_writes_complete_json(tmp_path):
 
 
 def test_weight_path_micro_benchmark_runs(tmp_path):
-    from bnn_helpers import bitconv_native
+    from bnn_helpers import bitconv_native, weight_native
 
     try:
         bitconv_native.build()
@@ -44,8 +44,10 @@ def test_weight_path_micro_benchmark_runs(tmp_path):
         pytest.skip(f"native library unavailable: {err}")
     out = tmp_path / "weight_path.json"
     med = weight_path.main(["--width", "0.125", "--rounds", "1", "--warmup", "0",
-                            "--json", str(out)])
-    assert set(med) == {"bf native", "bf torch", "bn", "kernel only"}
+                            "--simd", "baseline", "--json", str(out)])
+    assert set(med) == {"bf native", "bf torch", "bn", "kernel only", "memory bound"}
+    lib = bitconv_native._state["lib"]
+    assert weight_native.simd(lib) == weight_native.simd(lib, "best")  # restored after the run
     saved = json.loads(out.read_text())["median_ms"]
     assert all(saved[k]["cpu"] > 0 and saved[k]["fwd_cpu"] >= 0 for k in med)
 
