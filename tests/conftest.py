@@ -67,3 +67,16 @@ def make_image_folder():
         return root
 
     return make
+
+
+@pytest.fixture
+def two_step_stats_run(tmp_path):
+    """A run folder whose ``stats.csv`` has two optimizer steps of every stats column."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"step": [1, 1], "optimizer_step": [1, 2], "flip_ratio": [0.1, 0.01],
+                  "weight_sign_balance": 0.5, "act_sign_balance": 0.6,
+                  "agc_clip_share": [0.2, 0.3]}).to_csv(run / "stats.csv", index=False)
+    return run

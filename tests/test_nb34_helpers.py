@@ -262,12 +262,8 @@ def test_pivot_tables_and_format_tables():
     assert format_tables({"a": tables["top1"], "b": tables["top1"]}).count("\n\n") == 1
 
 
-def test_training_stats_colors_fix_some_labels(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    pd.DataFrame({"step": [1, 1], "optimizer_step": [1, 2], "flip_ratio": [0.1, 0.01],
-                  "weight_sign_balance": 0.5, "act_sign_balance": 0.6,
-                  "agc_clip_share": [0.2, 0.3]}).to_csv(run / "stats.csv", index=False)
+def test_training_stats_colors_fix_some_labels(two_step_stats_run):
+    run = two_step_stats_run
     fig = P.plot_training_stats({"a": run, "b": run}, columns=["agc_clip_share"], colors={"b": "k"})
     first, second = fig.axes[0].lines
     assert matplotlib.colors.to_hex(second.get_color()) == "#000000"

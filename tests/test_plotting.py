@@ -475,12 +475,8 @@ def test_signal_propagation_zeros_at_floor_draws_exact_zeros_and_says_so():
     assert any("exact 0" in t.get_text() for t in fig.axes[2].texts)
 
 
-def test_training_stats_linestyles_draw_dashed_lines_on_top(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    pd.DataFrame({"step": [1, 1], "optimizer_step": [1, 2], "flip_ratio": [0.1, 0.01],
-                  "weight_sign_balance": 0.5, "act_sign_balance": 0.6,
-                  "agc_clip_share": [0.2, 0.3]}).to_csv(run / "stats.csv", index=False)
+def test_training_stats_linestyles_draw_dashed_lines_on_top(two_step_stats_run):
+    run = two_step_stats_run
     fig = P.plot_training_stats({"bn": run, "none": run}, columns=["flip_ratio"], linestyles={"bn": "--"})
     dashed, solid = fig.axes[0].lines[:2]
     assert dashed.get_linestyle() == "--" and solid.get_linestyle() == "-"
