@@ -647,7 +647,7 @@ def binarization_readings(gap: pd.DataFrame, mode: str = "bn", control: str = "n
     ``step 1, lower of the two`` (eval mode), ``{m} drop`` (eval-mode top-1 lost by
     binarizing, for ``mode`` and ``control``), ``{m} binarized`` (eval mode after),
     ``{mode} binarized, batch stats`` (train mode after), ``given back by batch stats``
-    (that minus ``{mode} binarized``), ``share of the drop given back`` (0..1) and
+    (that minus ``{mode} binarized``), ``% of the drop given back`` and
     ``still below step 1`` (``mode``'s step-1 top-1 minus its binarized train-mode top-1).
     """
     ev, tr = gap["eval mode (running stats)"], gap["train mode (batch stats)"]
@@ -660,7 +660,7 @@ def binarization_readings(gap: pd.DataFrame, mode: str = "bn", control: str = "n
                       f"{mode} binarized": after[mode], f"{control} binarized": after[control],
                       f"{mode} binarized, batch stats": fresh,
                       "given back by batch stats": fresh - after[mode],
-                      "share of the drop given back": (fresh - after[mode]) / drop[mode],
+                      "% of the drop given back": 100 * (fresh - after[mode]) / drop[mode],
                       "still below step 1": before[mode] - fresh})
 
 

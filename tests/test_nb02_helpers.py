@@ -38,7 +38,7 @@ def test_binarization_readings_from_a_gap_table():
     r = binarization_readings(gap)
     assert r["bn drop"] == 70.0 and r["none drop"] == 20.0 and r["step 1, lower of the two"] == 80.0
     assert r["given back by batch stats"] == 30.0 and r["still below step 1"] == 40.0
-    assert r["share of the drop given back"] == pytest.approx(30 / 70)
+    assert r["% of the drop given back"] == pytest.approx(3000 / 70)
 
 
 def test_lead_per_seed_is_leader_minus_other_per_seed_and_step():
