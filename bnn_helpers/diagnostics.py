@@ -80,6 +80,7 @@ __all__ = [
     "signal_by_position",
     "SIGNAL_COLUMN_NAMES",
     "readable_signal_table",
+    "block_rows",
     "block_input_variance",
     "sign_entropy_bits",
     "signal_summary",
@@ -87,6 +88,8 @@ __all__ = [
     "batch_coupling",
     "train_mode_dependence",
     "top1_accuracy",
+    "binarization_gap",
+    "binarization_readings",
     "top2_margin",
     "compare_predictions",
     "sign_layers",
@@ -291,6 +294,17 @@ def readable_signal_table(table: pd.DataFrame, rows: Iterable[str] | None = None
     view = table.set_index("name")[columns].rename(columns=SIGNAL_COLUMN_NAMES)
     view.index.name = None
     return view if rows is None else view.loc[list(rows)]
+
+
+def block_rows(table: pd.DataFrame, first: int = 1, last: int | None = None) -> pd.DataFrame:
+    """The rows ``block{first}`` .. ``block{last}`` of a :func:`signal_propagation` table, indexed by name.
+
+    ``last=None`` runs to the last block. The numbers are not changed.
+    """
+    by_name = table.set_index("name")
+    blocks = [n for n in by_name.index if str(n).startswith("block")]
+    end = f"block{last}" if last is not None else blocks[-1]
+    return by_name.loc[f"block{first}":end]
 
 
 def block_input_variance(table: pd.DataFrame) -> pd.Series:
@@ -606,7 +620,51 @@ def latent_weight_values(model: nn.Module, layers: str = "sign") -> dict[str, np
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def count_parts(model: nn.Module) -> pd.Series:
+def binarization_gap(run_dirs: Mapping, x: torch.Tensor, y: torch.Tensor) -> pd.DataFrame:
+    """Step 1's best weights before and right after binarization, in eval and in train mode.
+
+    ``run_dirs``: ``{mode: run directory}`` of step-1 runs. For each run, step 1's best
+    checkpoint is evaluated in the step-1 network (real weights) and in the step-2 network
+    (binarized, as step 2 starts), each with the running statistics (eval mode) and with
+    the statistics of each batch of 64 (train mode). Returns val top-1 (%) indexed by
+    (mode, weights), columns ``eval mode (running stats)`` and ``train mode (batch stats)``.
+    """
+    from .checkpoints import load_trained
+
+    rows = []
+    for mode, run_dir in run_dirs.items():
+        for weights, binary in (("step 1 (real weights)", False), ("step 2 start (binarized)", True)):
+            model = load_trained(run_dir, step=1, binary_weights=binary)
+            rows.append({"mode": mode, "weights": weights,
+                         "eval mode (running stats)": top1_accuracy(model, x, y),
+                         "train mode (batch stats)": top1_accuracy(model, x, y, train_mode=True)})
+    return pd.DataFrame(rows).set_index(["mode", "weights"])
+
+
+def binarization_readings(gap: pd.DataFrame, mode: str = "bn", control: str = "none") -> pd.Series:
+    """What binarizing the weights costs, read off a :func:`binarization_gap` table (points, %).
+
+    ``step 1, lower of the two`` (eval mode), ``{m} drop`` (eval-mode top-1 lost by
+    binarizing, for ``mode`` and ``control``), ``{m} binarized`` (eval mode after),
+    ``{mode} binarized, batch stats`` (train mode after), ``given back by batch stats``
+    (that minus ``{mode} binarized``), ``% of the drop given back`` and
+    ``still below step 1`` (``mode``'s step-1 top-1 minus its binarized train-mode top-1).
+    """
+    ev, tr = gap["eval mode (running stats)"], gap["train mode (batch stats)"]
+    before = ev.xs("step 1 (real weights)", level="weights")
+    after = ev.xs("step 2 start (binarized)", level="weights")
+    fresh = tr[mode, "step 2 start (binarized)"]
+    drop = before - after
+    return pd.Series({"step 1, lower of the two": min(before[mode], before[control]),
+                      f"{mode} drop": drop[mode], f"{control} drop": drop[control],
+                      f"{mode} binarized": after[mode], f"{control} binarized": after[control],
+                      f"{mode} binarized, batch stats": fresh,
+                      "given back by batch stats": fresh - after[mode],
+                      "% of the drop given back": 100 * (fresh - after[mode]) / drop[mode],
+                      "still below step 1": before[mode] - fresh})
+
+
+def count_parts(model: nn.Module, with_buffers: bool = True) -> pd.Series:
     """What a network is made of, as integer counts (one Series).
 
     ``blocks`` (``len(model.blocks)``, 0 without), ``RSign``, ``RPReLU``,
@@ -614,7 +672,8 @@ def count_parts(model: nn.Module) -> pd.Series:
     none in a step-1 network), ``normalization layers`` (BatchNorm, GroupNorm,
     LayerNorm, LocalResponseNorm), ``buffer values`` (all buffer elements), and
     of those the ``running mean + var values`` and the ``num_batches_tracked
-    counters`` (one integer per BatchNorm layer).
+    counters`` (one integer per BatchNorm layer). ``with_buffers=False`` leaves out
+    the three buffer counts (the network's layers only).
     """
     from .layers import RPReLU
 
@@ -622,7 +681,7 @@ def count_parts(model: nn.Module) -> pd.Series:
     modules = list(model.modules())
     convs = [m for m in modules if is_binary_conv(m)]
     buffers = dict(model.named_buffers())
-    return pd.Series({
+    counts = pd.Series({
         "blocks": len(model.blocks) if hasattr(model, "blocks") else 0,
         "RSign": sum(isinstance(m, RSign) for m in modules),
         "RPReLU": sum(isinstance(m, RPReLU) for m in modules),
@@ -635,6 +694,8 @@ def count_parts(model: nn.Module) -> pd.Series:
         "num_batches_tracked counters": sum(b.numel() for n, b in buffers.items()
                                             if n.endswith("num_batches_tracked")),
     }, dtype=int)
+    return counts if with_buffers else counts.drop(["buffer values", "running mean + var values",
+                                               "num_batches_tracked counters"])
 
 
 def weight_sign_balance(model: nn.Module) -> pd.DataFrame:

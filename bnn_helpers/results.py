@@ -24,7 +24,7 @@ import yaml
 
 from .paths import repo_root
 
-__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "seed_table", "seed_summary",
+__all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "lead_per_seed", "seed_table", "seed_summary",
            "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "stats_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
            "format_stats_overview", "checkpoint_table"]
@@ -101,6 +101,15 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     ordered = summary.sort_values(["run", "step", "epoch"])
     grouped = ordered.groupby([*by, "step"])["val_top1"]
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
+
+
+def lead_per_seed(best: pd.DataFrame, leader: str, other: str, value: str = "best") -> pd.DataFrame:
+    """``leader``'s ``value`` minus ``other``'s, one row per seed, one column per step (points).
+
+    ``best``: a :func:`best_per_step` table (columns mode, seed, step and ``value``).
+    """
+    wide = best.pivot_table(index="seed", columns=["step", "mode"], values=value)
+    return wide.xs(leader, axis=1, level="mode") - wide.xs(other, axis=1, level="mode")
 
 
 def seed_table(runs: pd.DataFrame, by: str, value: str) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from .config import TrainError
 
 __all__ = ["setup_distributed", "resolve_device", "seed_everything", "determinism", "stop_on_signals",
-           "reuse_freed_memory"]
+           "reuse_freed_memory", "notebook_threads"]
 
 
 def _slurm_to_torch_env() -> None:
@@ -59,6 +59,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def notebook_threads(load: float | None = None, cores: int | None = None) -> int | None:
+    """Threads for a notebook's training runs: 1 when the CPU is already busy, else ``None``.
+
+    ``None`` means torch's default. On a shared 2-core machine torch's default two threads
+    per process made each training step about 10x slower than one thread when the cores
+    were busy. ``load`` (default: the 1-minute load average) counts as busy above
+    ``cores - 0.5`` (default: ``os.cpu_count()``).
+    """
+    load = os.getloadavg()[0] if load is None else load
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    return 1 if load > cores - 0.5 else None
 
 
 @contextlib.contextmanager
