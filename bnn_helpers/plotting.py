@@ -786,8 +786,9 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
     prediction label then keeps one dash pattern across panels): in one row
     when panels share labels, else one column per panel, in panel order.
     ``xlabel`` is one label for every panel or ``{panel title: label}``;
-    ``colors`` (``{measured label: matplotlib colour}``) fixes some series'
-    colours, e.g. to match another figure; the others keep the palette.
+    Measured series take :func:`series_colors` (a mode label its mode's colour,
+    the others the palette after the modes'); ``colors`` (``{measured label:
+    matplotlib colour}``) fixes some series' colours, e.g. to match another figure.
     """
     if isinstance(panels, pd.DataFrame):
         panels = _panels_from_table(panels)
@@ -796,7 +797,7 @@ def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tu
     if legend not in ("panels", "figure"):
         raise ValueError(f"legend must be 'panels' or 'figure', got {legend!r}")
     measured_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("measured", {})))
-    colors = {**dict(zip(measured_labels, _colors(len(measured_labels)))), **(colors or {})}
+    colors = {**series_colors(measured_labels), **(colors or {})}
     predicted_labels = list(dict.fromkeys(label for p in panels.values() for label in p.get("predicted", {})))
     shared_dashes = dict(zip(predicted_labels, _PREDICTION_DASHES * (len(predicted_labels) // 4 + 1)))
     fig, axes = _figure(len(panels))
@@ -907,6 +908,16 @@ def mode_colors() -> dict:
     return dict(zip(("bn", "none", "bf"), _colors(3)))
 
 
+def series_colors(labels) -> dict:
+    """``{label: colour}``: a label that is exactly a mode (``"bf"``) gets :func:`mode_colors`'
+    colour; every other label takes the palette colours after the modes', in order, so
+    no other series borrows a mode's colour (the rule of every predicted-vs-measured figure)."""
+    labels = list(dict.fromkeys(labels))
+    modes = mode_colors()
+    others = iter(_colors(3 + len(labels))[3:])
+    return {label: modes[label] if label in modes else next(others) for label in labels}
+
+
 def plot_variance_prediction(toy: pd.DataFrame, network: pd.DataFrame, title: str | None = None):
     """Two :func:`prediction_table` panels: a toy stack (linear y axis, x from 0 = its input) and a
     network (log y axis, x = block index), as in notebook 03's section 7.
@@ -919,16 +930,13 @@ def plot_variance_prediction(toy: pd.DataFrame, network: pd.DataFrame, title: st
         if table["panel"].nunique() != 1:
             raise ValueError(f"{name} must be a prediction_table of one panel, got panels {sorted(table['panel'].unique())}")
     toy_panel, net_panel = toy["panel"].iloc[0], network["panel"].iloc[0]
-    labels = list(dict.fromkeys([*toy["series"], *network["series"]]))
-    modes = mode_colors()
-    others = iter(_colors(3 + len(labels))[3:])
-    colors = {label: modes[label] if label in modes else next(others) for label in labels}
+    colors = series_colors([*toy["series"], *network["series"]])
     return plot_predicted_vs_measured(pd.concat([toy, network]), xlabel={toy_panel: "block index l (0: input)", net_panel: "block index l"},
                                       ylabel="channel variance (a.u.)", log={toy_panel: False}, legend="figure",
                                       colors=colors, title=title)
 
 
-__all__ += ["prediction_table", "mode_colors", "plot_variance_prediction", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
+__all__ += ["prediction_table", "mode_colors", "series_colors", "plot_variance_prediction", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 
 # --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from .paths import repo_root
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "lead_per_seed", "seed_table", "seed_summary",
            "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "stats_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
-           "format_stats_overview", "checkpoint_table"]
+           "format_stats_overview", "checkpoint_table", "first_and_last"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -368,6 +368,20 @@ def stats_overview(stats: pd.DataFrame) -> dict:
             "last_step1_flip": float(stats[stats.step == 1].flip_ratio.iloc[-1]),
             "first_step2_flip": float(step2.iloc[0]) if len(step2) else float("nan"),
             "epoch2_below_epoch1": later}
+
+
+def first_and_last(stats: pd.DataFrame, column: str, by=("mode", "step", "seed")) -> pd.DataFrame:
+    """First and last recorded value of ``column`` per run, in optimizer-step order.
+
+    ``stats``: a ``stats.csv`` table (``load_reference_runs(..., "stats")``), one
+    row per recorded optimizer step. Returns one row per group of ``by`` (by
+    default one training step of one run) with columns ``first_step`` (the
+    optimizer step of the first record), ``first`` and ``last``. Empty cells
+    (the activation balance of a step's first row) are skipped.
+    """
+    rows = stats.dropna(subset=[column]).sort_values("optimizer_step")
+    return rows.groupby(list(by)).agg(first_step=("optimizer_step", "first"),
+                                      first=(column, "first"), last=(column, "last"))
 
 
 def format_stats_overview(o: dict) -> str:

@@ -481,3 +481,15 @@ def test_training_stats_linestyles_draw_dashed_lines_on_top(two_step_stats_run):
     dashed, solid = fig.axes[0].lines[:2]
     assert dashed.get_linestyle() == "--" and solid.get_linestyle() == "-"
     assert dashed.get_zorder() > solid.get_zorder()
+
+
+def test_series_colors_keep_mode_colours_for_modes_only():
+    colours = P.series_colors(["s = 1", "bf", "s = 0.25", "s = 1"])
+    modes = P.mode_colors()
+    assert list(colours) == ["s = 1", "bf", "s = 0.25"] and colours["bf"] == modes["bf"]
+    assert colours["s = 1"] != colours["s = 0.25"] and not {colours["s = 1"], colours["s = 0.25"]} & set(modes.values())
+    # plot_predicted_vs_measured uses the same rule by default
+    x = np.arange(3)
+    fig = P.plot_predicted_vs_measured({"p": {"measured": {"s = 1": (x, x + 1.0), "s = 0.25": (x, x + 2.0)}}}, "x", "y")
+    drawn = {l.get_label(): matplotlib.colors.to_hex(l.get_color()) for l in fig.axes[0].lines}
+    assert drawn["s = 0.25"] == matplotlib.colors.to_hex(colours["s = 0.25"])

@@ -108,3 +108,13 @@ def test_read_runs_concatenates_live_runs_with_their_keys(tmp_path):
         read_runs({"x": tmp_path / "missing"})
     with pytest.raises(ValueError, match="table"):
         read_runs(runs, table="weights")
+
+
+def test_first_and_last_reads_each_run_in_optimizer_step_order():
+    stats = pd.DataFrame({"mode": ["bf"] * 4 + ["bn"] * 2, "step": [1, 1, 2, 2, 1, 1], "seed": 0,
+                          "optimizer_step": [20, 10, 30, 40, 10, 20],
+                          "share": [0.6, 0.5, None, 0.7, 0.4, 0.45]})
+    table = R.first_and_last(stats, "share")
+    assert table.loc[("bf", 1, 0)].tolist() == [10, 0.5, 0.6]      # rows sorted by optimizer step first
+    assert table.loc[("bf", 2, 0)].tolist() == [40, 0.7, 0.7]      # the empty cell is skipped
+    assert table.loc[("bn", 1, 0), "last"] == 0.45
