@@ -322,8 +322,8 @@ def loader_provisioning(estimates, workers: int, cpus_per_node: int, gpus_per_no
     low, high = need.min(axis=1), need.max(axis=1)
     table = pd.DataFrame({"loaders per GPU": [f"{lo}–{hi}" for lo, hi in zip(low, high)],
                           f"workers={workers} enough": (high <= workers).tolist(),
-                          f"CPUs per {gpus_per_node}-GPU node": (gpus_per_node * (high + 1)).tolist()})
-    table[f"within {cpus_per_node} CPUs"] = table[f"CPUs per {gpus_per_node}-GPU node"] <= cpus_per_node
+                          f"CPUs per {gpus_per_node}-GPU node (max)": (gpus_per_node * (high + 1)).tolist()})
+    table[f"within {cpus_per_node} CPUs"] = table[f"CPUs per {gpus_per_node}-GPU node (max)"] <= cpus_per_node
     table.index = format_estimates(estimates).index
     return table
 

@@ -263,4 +263,4 @@ def test_loader_provisioning_rounds_up_and_compares_with_the_workers():
                                                        loader_images_per_s=4.0), workers=8, cpus_per_node=96)
     assert table["loaders per GPU"].tolist() == ["3–8", "10–30"]
     assert table["workers=8 enough"].tolist() == [True, False]
-    assert table["CPUs per 8-GPU node"].tolist() == [72, 248] and table["within 96 CPUs"].tolist() == [True, False]
+    assert table["CPUs per 8-GPU node (max)"].tolist() == [72, 248] and table["within 96 CPUs"].tolist() == [True, False]
