@@ -15,7 +15,10 @@ Planning helpers: :func:`gpu_commands` (the commands
 for 1 GPU, 8 GPUs, several nodes and SLURM at once), :func:`config_changes` (what a set of overrides changes in a
 config, as a table), :func:`gpu_training_estimates` / :func:`format_estimates`
 (images/s, time per epoch and loader processes per GPU, estimated from a FLOP
-count and an assumed utilisation), :func:`sbatch_script`.
+count and an assumed utilisation), :func:`training_flop_per_image` (that FLOP
+count), :func:`loader_images_per_second` / :func:`loader_provisioning` (the
+data-loading processes and CPUs a GPU needs), :func:`cpu_demo_overrides` (an
+ImageNet config shrunk to a CPU run), :func:`sbatch_script`.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ import yaml
 from .config import TrainError, load_config, run_dir_of
 
 __all__ = ["launch", "build_command", "gpu_commands", "config_changes", "gpu_training_estimates", "format_estimates",
-           "sbatch_script"]
+           "sbatch_script", "cpu_demo_overrides", "training_flop_per_image", "loader_images_per_second",
+           "loader_provisioning"]
 
 
 def _config_file(config) -> str:
@@ -234,6 +238,94 @@ def format_estimates(estimates):
     peaks = estimates["peak TFLOPS"].iloc[:, 0]
     index = [f"{gpu}: {peak:g} TFLOPS" for gpu, peak in peaks.items()]
     return pd.DataFrame(text, index=pd.Index(index, name="GPU (datasheet dense peak)"))
+
+
+def cpu_demo_overrides(data_dir, output_dir, **sizes) -> dict:
+    """Overrides that run a GPU config (e.g. the ImageNet one) as a small CPU run from a notebook.
+
+    ``data_dir``: the ImageFolder root; ``output_dir``: where the run directories
+    go (stored relative to the current folder, so printed paths stay
+    machine-independent); ``sizes``: the config keys to shrink (``width_mult``,
+    ``image_size``, ``batch_size``, ``epochs``, ...). Added on top: one
+    data-loading worker and one thread per process on the CPU, float32
+    (``amp: none``, ``channels_last: false``), the ``linear`` learning-rate
+    schedule (the ``published`` one runs the last epoch at 0, i.e. half of a
+    two-epoch step), overwriting earlier demo runs and one log line per epoch.
+    """
+    return {"data_dir": str(data_dir), **sizes, "workers": 1, "device": "cpu", "threads": 1,
+            "lr_schedule": "linear", "amp": "none", "channels_last": False,
+            "output_dir": os.path.relpath(output_dir, Path.cwd()), "overwrite": True, "progress": "log",
+            "log_every": 1000}
+
+
+def training_flop_per_image(student: str = "reactnet_a_bf", teacher: str = "dm_nfnet_f0", count_size: int = 224,
+                            size: int = 224) -> dict:
+    """FLOP a GPU spends on one training image: the student's forward and backward plus the teacher's forward.
+
+    On a GPU the binary convolutions run as ordinary ones whose inputs and
+    weights are ±1, so every multiply-add of the student (BOPs + FLOPs of
+    :func:`bnn_helpers.complexity.complexity_table`, with binary weights) counts
+    in full, three times (forward, and backward for inputs and for weights); the
+    teacher (a timm name, counted without weights) runs forward once; 2 FLOP per
+    multiply-add. Counted at ``count_size`` pixels and scaled by the pixel count
+    to ``size``. Returns ``{"student_macs", "teacher_macs", "flop_per_image"}``.
+    """
+    import timm
+
+    from .complexity import complexity_table
+    from .models import create_model
+
+    scale = (size / count_size) ** 2
+    total = complexity_table(create_model(student, binary_weights=True), count_size).iloc[-1]
+    student_macs = float(total.bops + total.flops) * scale
+    teacher_macs = float(complexity_table(timm.create_model(teacher, pretrained=False), count_size).iloc[-1].flops)
+    teacher_macs *= scale
+    return {"student_macs": student_macs, "teacher_macs": teacher_macs,
+            "flop_per_image": 2 * (3 * student_macs + teacher_macs)}
+
+
+def loader_images_per_second(config, folder, images: int = 48, size=(500, 375)) -> float:
+    """Images/s one data-loading process gets through ``config``'s training transforms.
+
+    Writes a small ImageFolder of ``size`` JPEGs (ImageNet's typical 500×375,
+    :func:`bnn_helpers.data.write_image_folder`) into ``folder``, builds the
+    config's training dataset on it (decode, RandomResizedCrop, flip, normalize)
+    and times ``images`` items in one single-threaded process, as one loader
+    worker runs them (:func:`bnn_helpers.data.pipeline_images_per_second`). The
+    rate depends on this CPU and on how busy it is.
+    """
+    from .data import build_datasets, pipeline_images_per_second, write_image_folder
+
+    jpegs = write_image_folder(folder, train_per_class=2, val_per_class=1, size=size)
+    cfg = load_config(config, {"data_dir": str(jpegs)})
+    train_set, crop = build_datasets(cfg)[0], cfg["image_size"]
+    if tuple(train_set[0][0].shape) != (3, crop, crop):
+        raise TrainError(f"the training transforms gave {tuple(train_set[0][0].shape)}, expected (3, {crop}, {crop})")
+    return pipeline_images_per_second(train_set, images=images, threads=1)
+
+
+def loader_provisioning(estimates, workers: int, cpus_per_node: int, gpus_per_node: int = 8):
+    """Which GPUs the config's ``workers`` loader processes keep up with, and the CPUs a node needs.
+
+    ``estimates``: :func:`gpu_training_estimates` called with
+    ``loader_images_per_s``. Per GPU: the loader processes needed at the lowest
+    and highest assumed utilisation (rounded up), whether ``workers`` covers the
+    highest, and the CPUs an ``gpus_per_node``-GPU node needs at the highest
+    (one trainer plus its loaders per GPU) against ``cpus_per_node``.
+    Returns a ``pandas.DataFrame`` indexed like :func:`format_estimates`.
+    """
+    import math
+
+    import pandas as pd
+
+    need = estimates["loader processes per GPU"].map(math.ceil)
+    low, high = need.min(axis=1), need.max(axis=1)
+    table = pd.DataFrame({"loaders per GPU": [f"{lo}–{hi}" for lo, hi in zip(low, high)],
+                          f"workers={workers} enough": (high <= workers).tolist(),
+                          f"CPUs per {gpus_per_node}-GPU node (max)": (gpus_per_node * (high + 1)).tolist()})
+    table[f"within {cpus_per_node} CPUs"] = table[f"CPUs per {gpus_per_node}-GPU node (max)"] <= cpus_per_node
+    table.index = format_estimates(estimates).index
+    return table
 
 
 def sbatch_script(srun_line: str, nodes: int = 4, gpus_per_node: int = 8, cpus_per_task: int = 96,

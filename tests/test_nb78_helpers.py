@@ -223,3 +223,44 @@ def test_training_stats_legend_can_be_left_out(tmp_path):
     assert len(P.plot_training_stats(run).legends) == 1
     assert not P.plot_training_stats(run, legend=False).legends
     assert not P.plot_training_stats(run, columns=["flip_ratio"], legend=False).legends
+
+
+# -- launch.py: notebook 07's estimate and demo helpers ----------------------------
+def test_cpu_demo_overrides_keep_sizes_and_add_the_cpu_settings(tmp_path, monkeypatch):
+    from bnn_helpers.launch import cpu_demo_overrides
+
+    monkeypatch.chdir(tmp_path)
+    demo = cpu_demo_overrides(tmp_path / "data", tmp_path / "runs", width_mult=0.25, epochs=2)
+    assert list(demo)[:3] == ["data_dir", "width_mult", "epochs"] and demo["epochs"] == 2
+    assert demo["device"] == "cpu" and demo["amp"] == "none" and demo["lr_schedule"] == "linear"
+    assert demo["output_dir"] == "runs" and demo["data_dir"] == str(tmp_path / "data")
+
+
+def test_training_flop_per_image_counts_student_three_times_and_teacher_once():
+    from bnn_helpers.launch import training_flop_per_image
+
+    small = training_flop_per_image("reactnet_a_bf", "resnet18", count_size=32, size=32)
+    scaled = training_flop_per_image("reactnet_a_bf", "resnet18", count_size=32, size=64)
+    assert small["flop_per_image"] == 2 * (3 * small["student_macs"] + small["teacher_macs"])
+    assert math.isclose(scaled["flop_per_image"], 4 * small["flop_per_image"])
+    assert small["student_macs"] > 0 and small["teacher_macs"] > 0
+
+
+def test_loader_images_per_second_times_the_config_transforms(tmp_path):
+    from bnn_helpers.launch import loader_images_per_second
+    from bnn_helpers.paths import repo_root
+
+    rate = loader_images_per_second(str(repo_root() / "configs/imagenet/reactnet_a_bf.yaml"), tmp_path / "jpegs",
+                                    images=2, size=(64, 48))
+    assert rate > 0 and (tmp_path / "jpegs" / "train" / "digit_0").is_dir()
+
+
+def test_loader_provisioning_rounds_up_and_compares_with_the_workers():
+    from bnn_helpers.launch import loader_provisioning
+
+    # 100 TFLOPS at 10 / 30 % and 1e12 FLOP per image: 10 and 30 images/s; 4 images/s per loader -> 2.5 and 7.5.
+    table = loader_provisioning(gpu_training_estimates(1e12, {"slow": 100, "fast": 400}, (0.1, 0.3),
+                                                       loader_images_per_s=4.0), workers=8, cpus_per_node=96)
+    assert table["loaders per GPU"].tolist() == ["3–8", "10–30"]
+    assert table["workers=8 enough"].tolist() == [True, False]
+    assert table["CPUs per 8-GPU node (max)"].tolist() == [72, 248] and table["within 96 CPUs"].tolist() == [True, False]
