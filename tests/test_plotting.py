@@ -481,3 +481,14 @@ def test_training_stats_linestyles_draw_dashed_lines_on_top(two_step_stats_run):
     dashed, solid = fig.axes[0].lines[:2]
     assert dashed.get_linestyle() == "--" and solid.get_linestyle() == "-"
     assert dashed.get_zorder() > solid.get_zorder()
+
+
+def test_unitwise_ratios_plot_marks_the_floor_only_when_a_ratio_is_below_it():
+    below = pd.DataFrame({"kind": ["a", "a", "b"], "ratio": [1e-8, 0.1, 1.0]})
+    (ax,) = P.plot_unitwise_ratios(below, clip_factor=0.02).axes
+    floor = [l for l in ax.lines if l.get_linestyle() == ":"]
+    assert len(floor) == 1 and floor[0].get_xdata()[0] == 1e-6
+    assert any("plotting floor" in t.get_text() for t in ax.texts)
+    (ax,) = P.plot_unitwise_ratios(below.assign(ratio=[1e-3, 0.1, 1.0]), clip_factor=0.02).axes
+    assert not [l for l in ax.lines if l.get_linestyle() == ":"] and not ax.texts
+    plt.close("all")

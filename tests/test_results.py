@@ -108,3 +108,12 @@ def test_read_runs_concatenates_live_runs_with_their_keys(tmp_path):
         read_runs({"x": tmp_path / "missing"})
     with pytest.raises(ValueError, match="table"):
         read_runs(runs, table="weights")
+
+
+def test_key_text_writes_run_keys_as_outcomes_table_does():
+    assert [R.key_text(v) for v in (0.02, 0.5, None, "sgd", 3)] == ["0.02", "0.5", "off", "sgd", "3"]
+
+
+def test_stats_min_reads_the_smallest_value_per_run(two_step_stats_run):
+    smallest = R.stats_min({"a": two_step_stats_run, "b": str(two_step_stats_run)}, "agc_clip_share")
+    assert list(smallest.index) == ["a", "b"] and smallest.tolist() == [0.2, 0.2]
