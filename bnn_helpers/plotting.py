@@ -524,7 +524,7 @@ def _finish_axis(ax, step_boundaries, xlabel, ylabel, title):
 _STATS_PANELS = [("flip_ratio", "Flip ratio", "share of weight signs flipped per step", True),
                  ("weight_sign_balance", "Weight sign balance", "share of +1 weights", False),
                  ("act_sign_balance", "Activation sign balance", "share of +1 activations", False),
-                 ("agc_clip_share", "AGC clipped share", "share of units clipped (fraction)", False)]
+                 ("agc_clip_share", "AGC clipped share", "clipped units (fraction)", False)]
 #: The sign-balance panels span at least this much of the [0, 1] share axis, so a balance
 #: that moves by 10⁻⁴ draws as the flat line it is, not as a dramatic curve.
 _MIN_BALANCE_SPAN = 0.02
@@ -853,7 +853,7 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
     ax.set_xscale("log")
     ax.axvline(clip_factor, color="0.3", linestyle="--", label=f"λ = {clip_factor:g}: clipped to the right")
     if (ratios["ratio"] < _LOG_FLOOR).any():   # a log axis cannot show them (e.g. exact 0): say where they are
-        ax.axvline(_LOG_FLOOR, color="0.5", linestyle=":", linewidth=1, zorder=0)
+        ax.axvline(_LOG_FLOOR, color="0.25", linestyle=":", linewidth=1.5, zorder=3)
         ax.text(_LOG_FLOOR, 1.0, " plotting floor 10⁻⁶: smaller ratios drawn here", transform=ax.get_xaxis_transform(),
                 ha="left", va="bottom", fontsize=7, color="0.3")
     ax.set_xlabel("‖G‖ / max(‖W‖, ε) per unit")
