@@ -826,6 +826,18 @@ def unitwise_ratios(model: nn.Module, eps: float = 1e-3) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "kind", "ratio"])
 
 
+def unitwise_summary(ratios: pd.DataFrame, clip_factor: float) -> pd.DataFrame:
+    """One row per ``kind`` of :func:`unitwise_ratios` (in order of appearance): ``units``,
+    ``median ratio``, ``max ratio`` and ``% above lambda`` (the share of units AGC with
+    clip factor ``clip_factor`` would rescale, in percent)."""
+    missing = {"kind", "ratio"} - set(ratios.columns)
+    if missing:
+        raise ValueError(f"ratios lacks columns {sorted(missing)}; pass unitwise_ratios(...)")
+    groups = ratios.groupby("kind", sort=False)["ratio"]
+    return pd.DataFrame({"units": groups.size(), "median ratio": groups.median(), "max ratio": groups.max(),
+                         "% above lambda": groups.apply(lambda r: 100.0 * float((r > clip_factor).mean()))})
+
+
 def sign_shares(values) -> dict[str, float]:
     """Shares of +1, 0 and −1 in ``sign(values)`` (a NumPy array or a tensor); they add up to 1.
 

@@ -524,7 +524,7 @@ def _finish_axis(ax, step_boundaries, xlabel, ylabel, title):
 _STATS_PANELS = [("flip_ratio", "Flip ratio", "share of weight signs flipped per step", True),
                  ("weight_sign_balance", "Weight sign balance", "share of +1 weights", False),
                  ("act_sign_balance", "Activation sign balance", "share of +1 activations", False),
-                 ("agc_clip_share", "AGC clipped share", "share of units clipped", False)]
+                 ("agc_clip_share", "AGC clipped share", "clipped units (fraction)", False)]
 #: The sign-balance panels span at least this much of the [0, 1] share axis, so a balance
 #: that moves by 10⁻⁴ draws as the flat line it is, not as a dramatic curve.
 _MIN_BALANCE_SPAN = 0.02
@@ -607,8 +607,8 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     forward of every estimator) and, dashed, the function whose derivative
     each backward is (its integral from 0) – the surrogate the estimator
     pretends to differentiate. Right: the backward ``d out / d x``. One legend
-    (one colour per estimator, its entry showing the dashed left-panel and the
-    solid right-panel style) sits below both panels, off the region
+    (one colour per estimator, its entry showing the broken left-panel and the
+    solid right-panel line) sits below both panels, off the region
     ``|x| < 1`` where the estimators differ.
     """
     grid = torch.linspace(-x_range, x_range, points, dtype=torch.float64)
@@ -640,7 +640,8 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     # Each estimator's entry pairs its dashed surrogate (left) with its solid backward (right).
     sign_line, surrogates = ax_fwd.get_lines()[0], ax_fwd.get_lines()[1:]
     handles = [sign_line] + [(fwd, bwd) for fwd, bwd in zip(surrogates, ax_bwd.get_lines())]
-    names = [sign_line.get_label()] + [f"{bwd.get_label()} (left dashed, right solid)" for bwd in ax_bwd.get_lines()]
+    # "broken line": the short legend handle cuts a dash pattern into what can look like dash-dot.
+    names = [sign_line.get_label()] + [f"{bwd.get_label()} (left: broken line, right: solid)" for bwd in ax_bwd.get_lines()]
     fig.legend(handles, names, loc="outside lower center", ncols=2, frameon=False,
                handler_map={tuple: HandlerTuple(ndivide=None, pad=0.6)}, handlelength=4.0)
     fig.suptitle("Sign estimators (straight-through variants)")
@@ -835,7 +836,8 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
 
     One horizontal box per ``kind`` (labelled with its number of units), log
     x axis, and a dashed vertical line at ``clip_factor``: units to its right
-    would be clipped.
+    would be clipped. Ratios below 10⁻⁶ (``_LOG_FLOOR``) are drawn at 10⁻⁶, and
+    then a dotted line there says so.
     """
     missing = {"kind", "ratio"} - set(ratios.columns)
     if missing:
@@ -851,6 +853,10 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
     ax.set_yticks(range(1, len(kinds) + 1), [f"{k} ({len(v):,} units)" for k, v in zip(kinds, values)])
     ax.set_xscale("log")
     ax.axvline(clip_factor, color="0.3", linestyle="--", label=f"λ = {clip_factor:g}: clipped to the right")
+    if (ratios["ratio"] < _LOG_FLOOR).any():   # a log axis cannot show them (e.g. exact 0): say where they are
+        ax.axvline(_LOG_FLOOR, color="0.25", linestyle=":", linewidth=1.5, zorder=3)
+        ax.text(_LOG_FLOOR, 1.0, " plotting floor 10⁻⁶: smaller ratios drawn here", transform=ax.get_xaxis_transform(),
+                ha="left", va="bottom", fontsize=7, color="0.3")
     ax.set_xlabel("‖G‖ / max(‖W‖, ε) per unit")
     fig.suptitle(title or "Unit-wise gradient-to-weight ratio")   # centred on the figure, not the axes
     ax.legend(loc="upper left")

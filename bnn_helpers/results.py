@@ -253,6 +253,19 @@ def final_epoch(run_dir: str | Path) -> dict:
             "final val top-1 %": float(last.get("val_top1", float("nan"))), "mean clipped share": float(share)}
 
 
+def key_text(value) -> str:
+    """A run key's part as :func:`outcomes_table` writes it: a number with ``:g``
+    (``0.02`` -> ``"0.02"``), ``None`` as ``"off"``, anything else with ``str``."""
+    return "off" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def stats_min(run_dirs: Mapping[str, str | Path], column: str) -> pd.Series:
+    """``{label: smallest value of column in the run's stats.csv}`` for ``{label: run directory}``
+    (e.g. the smallest per-step ``agc_clip_share`` of each run)."""
+    return pd.Series({label: float(pd.read_csv(Path(run) / "stats.csv")[column].min())
+                      for label, run in run_dirs.items()}, dtype=float)
+
+
 def outcomes_table(runs: Mapping, keys=("setting",)) -> pd.DataFrame:
     """One row per training run: its key, how it ended, and its :func:`final_epoch`.
 
@@ -266,10 +279,7 @@ def outcomes_table(runs: Mapping, keys=("setting",)) -> pd.DataFrame:
     """
     if not runs:
         raise ValueError("outcomes_table needs at least one run: {key: outcome}")
-
-    def text(value):
-        return "off" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
-
+    text = key_text
     rows = []
     for key, (run_dir, diverged, message) in runs.items():
         values = key if isinstance(key, tuple) else (key,)

@@ -475,3 +475,13 @@ def test_beta_schedule_table_holds_both_schedules_and_the_prediction():
         assert table[f"beta2 {name}"].tolist() == [b[1] for b in betas]
     assert np.allclose(table[D.PREDICTED_INPUT_VAR], 1 / table["beta1 published"] ** 2)
     assert table.loc[12, D.PREDICTED_INPUT_VAR] == pytest.approx(1.40)
+
+
+def test_unitwise_summary_counts_units_and_the_share_above_lambda():
+    ratios = pd.DataFrame({"kind": ["b", "a", "b", "b"], "ratio": [0.01, 5.0, 0.03, 0.05]})
+    table = D.unitwise_summary(ratios, clip_factor=0.02)
+    assert list(table.index) == ["b", "a"]                        # order of appearance
+    assert table.loc["b"].tolist() == pytest.approx([3, 0.03, 0.05, 100 * 2 / 3])
+    assert table.loc["a", "% above lambda"] == 100
+    with pytest.raises(ValueError, match="lacks columns"):
+        D.unitwise_summary(pd.DataFrame({"ratio": [1.0]}), 0.02)

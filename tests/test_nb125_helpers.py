@@ -152,7 +152,7 @@ def test_estimator_legend_sits_below_both_panels():
     fig.canvas.draw()
     assert all(ax.get_legend() is None for ax in fig.axes)   # inside, a legend would cover |x| < 1
     (legend,) = fig.legends
-    styles = " (left dashed, right solid)"   # each estimator's entry pairs its two panels' line styles
+    styles = " (left: broken line, right: solid)"   # each estimator's entry pairs its two panels' line styles
     assert [t.get_text() for t in legend.get_texts()] == ["sign(x) (forward)", "identity" + styles,
                                                           "clipped (sign_ste)" + styles, "ApproxSign (sign_approx)" + styles]
     forward, backward = fig.axes

@@ -493,3 +493,14 @@ def test_series_colors_keep_mode_colours_for_modes_only():
     fig = P.plot_predicted_vs_measured({"p": {"measured": {"s = 1": (x, x + 1.0), "s = 0.25": (x, x + 2.0)}}}, "x", "y")
     drawn = {l.get_label(): matplotlib.colors.to_hex(l.get_color()) for l in fig.axes[0].lines}
     assert drawn["s = 0.25"] == matplotlib.colors.to_hex(colours["s = 0.25"])
+
+
+def test_unitwise_ratios_plot_marks_the_floor_only_when_a_ratio_is_below_it():
+    below = pd.DataFrame({"kind": ["a", "a", "b"], "ratio": [1e-8, 0.1, 1.0]})
+    (ax,) = P.plot_unitwise_ratios(below, clip_factor=0.02).axes
+    floor = [l for l in ax.lines if l.get_linestyle() == ":"]
+    assert len(floor) == 1 and floor[0].get_xdata()[0] == 1e-6
+    assert any("plotting floor" in t.get_text() for t in ax.texts)
+    (ax,) = P.plot_unitwise_ratios(below.assign(ratio=[1e-3, 0.1, 1.0]), clip_factor=0.02).axes
+    assert not [l for l in ax.lines if l.get_linestyle() == ":"] and not ax.texts
+    plt.close("all")

@@ -118,3 +118,12 @@ def test_first_and_last_reads_each_run_in_optimizer_step_order():
     assert table.loc[("bf", 1, 0)].tolist() == [10, 0.5, 0.6]      # rows sorted by optimizer step first
     assert table.loc[("bf", 2, 0)].tolist() == [40, 0.7, 0.7]      # the empty cell is skipped
     assert table.loc[("bn", 1, 0), "last"] == 0.45
+
+
+def test_key_text_writes_run_keys_as_outcomes_table_does():
+    assert [R.key_text(v) for v in (0.02, 0.5, None, "sgd", 3)] == ["0.02", "0.5", "off", "sgd", "3"]
+
+
+def test_stats_min_reads_the_smallest_value_per_run(two_step_stats_run):
+    smallest = R.stats_min({"a": two_step_stats_run, "b": str(two_step_stats_run)}, "agc_clip_share")
+    assert list(smallest.index) == ["a", "b"] and smallest.tolist() == [0.2, 0.2]
