@@ -288,9 +288,9 @@ def plot_logit_spread(summary: pd.DataFrame, title: str | None = None):
     marker colours are not the modes' colours (the modes are on the x axis).
     """
     panels = [("logit variance across inputs", "Variance of the logits across inputs",
-               "variance across inputs (a.u., log scale)"),
+               "variance across inputs (a.u., log)"),
               ("logit var / mean²", "The same, relative to the logits' size",
-               "variance / mean² (dimensionless, log scale)")]
+               "variance / mean² (log)")]
     if summary.index.nlevels != 2:
         raise ValueError("plot_logit_spread needs diagnostics.signal_summary(...) indexed by (input, mode)")
     missing = {column for column, *_ in panels} - set(summary.columns)
@@ -307,7 +307,9 @@ def plot_logit_spread(summary: pd.DataFrame, title: str | None = None):
         for k, batch in enumerate(table.columns):
             ax.plot(np.arange(len(modes)) + offsets[k], table[batch].to_numpy(), linestyle="none",
                     marker=markers[k % len(markers)], markersize=9, color=colors[k], label=str(batch))
+        values = table.to_numpy()[table.to_numpy() > 0]
         ax.set(yscale="log", xticks=np.arange(len(modes)), xticklabels=modes, xlim=(-0.5, len(modes) - 0.5),
+               ylim=(values.min() / 5, values.max() * 5) if values.size else (None, None),
                xlabel=f"normalization {modes_level or 'mode'}", ylabel=ylabel, title=name)
         ax.grid(True, axis="y", which="major", alpha=0.4)
     axes[-1].legend(title=f"{inputs_level or 'input'} batch", loc="upper left", bbox_to_anchor=(1.02, 1.0))
