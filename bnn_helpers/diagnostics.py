@@ -858,6 +858,24 @@ def ste_window_share(sign_input, half_width: float = 1.0) -> float:
     return float((torch.as_tensor(sign_input).abs() < half_width).float().mean())
 
 
+def sign_input_shares(seen: Mapping[str, Mapping[str, object]], low: float = -1.0,
+                      high: float = 1.0) -> pd.DataFrame:
+    """Share of sign inputs strictly inside ``(low, high)``, one row per label, one column per block.
+
+    ``seen``: ``{label: {block name: values}}``, the values e.g. from :func:`sign_inputs`.
+    The default ``(-1, 1)`` is the gradient window of :func:`ste_window_share`; ``(-1, 0)``
+    counts the inputs just below the threshold::
+
+        window = sign_input_shares(seen)            # |u| < 1
+        below = sign_input_shares(seen, -1.0, 0.0)  # -1 < u < 0
+    """
+    def share(values):
+        u = np.asarray(torch.as_tensor(values).double())
+        return float(np.mean((u > low) & (u < high)))
+    return pd.DataFrame({label: {block: share(u) for block, u in by_block.items()}
+                         for label, by_block in seen.items()}).T
+
+
 @contextlib.contextmanager
 def scaled_outputs(model: nn.Module, module_type: type, gain: float):
     """Inside the ``with``, every ``module_type`` module of ``model`` returns its output times
@@ -1089,4 +1107,4 @@ def beta_schedule_table(strides: Sequence[int], alpha: float) -> pd.DataFrame:
     return table
 
 
-__all__ += ["beta_schedule_table", "PREDICTED_INPUT_VAR"]
+__all__ += ["beta_schedule_table", "PREDICTED_INPUT_VAR", "sign_input_shares"]

@@ -276,20 +276,21 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
 
 
 def plot_logit_spread(summary: pd.DataFrame, title: str | None = None):
-    """Do different inputs get different logits? Two bar panels, log scale.
+    """Do different inputs get different logits? Two dot panels, log scale.
 
     ``summary``: :func:`bnn_helpers.diagnostics.signal_summary` with a
     two-level index (input batch, mode). Left: the variance of the logits
     across the inputs of a batch (``logit variance across inputs``); right: the
     same relative to the logits' size (``logit var / mean²``), the measure that
-    compares networks whose logits differ in scale. One group of bars per mode
-    (in the order of ``summary``), one bar per input batch; the bar colours are
-    not the modes' colours (the modes are on the x axis).
+    compares networks whose logits differ in scale. One column per mode (in the
+    order of ``summary``), one marker per input batch, side by side: markers, not
+    bars, because on a log axis a bar's length depends on an arbitrary floor. The
+    marker colours are not the modes' colours (the modes are on the x axis).
     """
     panels = [("logit variance across inputs", "Variance of the logits across inputs",
-               "variance across inputs (a.u.)"),
+               "variance across inputs (a.u., log)"),
               ("logit var / mean²", "The same, relative to the logits' size",
-               "variance / mean² (dimensionless)")]
+               "variance / mean² (log)")]
     if summary.index.nlevels != 2:
         raise ValueError("plot_logit_spread needs diagnostics.signal_summary(...) indexed by (input, mode)")
     missing = {column for column, *_ in panels} - set(summary.columns)
@@ -298,10 +299,19 @@ def plot_logit_spread(summary: pd.DataFrame, title: str | None = None):
     inputs_level, modes_level = summary.index.names
     modes = list(dict.fromkeys(summary.index.get_level_values(1)))
     fig, axes = _figure(len(panels))
+    markers = "osD^v"
     for ax, (column, name, ylabel) in zip(axes, panels):
         table = summary[column].unstack(0).loc[modes]      # rows: modes, columns: input batches
-        table.plot.bar(ax=ax, logy=True, rot=0, legend=False, color=_colors(3 + table.shape[1])[3:])
-        ax.set(xlabel=f"normalization {modes_level or 'mode'}", ylabel=ylabel, title=name)
+        colors = _colors(3 + table.shape[1])[3:]
+        offsets = (np.arange(table.shape[1]) - (table.shape[1] - 1) / 2) * 0.15
+        for k, batch in enumerate(table.columns):
+            ax.plot(np.arange(len(modes)) + offsets[k], table[batch].to_numpy(), linestyle="none",
+                    marker=markers[k % len(markers)], markersize=9, color=colors[k], label=str(batch))
+        values = table.to_numpy()[table.to_numpy() > 0]
+        ax.set(yscale="log", xticks=np.arange(len(modes)), xticklabels=modes, xlim=(-0.5, len(modes) - 0.5),
+               ylim=(values.min() / 5, values.max() * 5) if values.size else (None, None),
+               xlabel=f"normalization {modes_level or 'mode'}", ylabel=ylabel, title=name)
+        ax.grid(True, axis="y", which="major", alpha=0.4)
     axes[-1].legend(title=f"{inputs_level or 'input'} batch", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Do different inputs get different logits?")
     return fig
@@ -1082,6 +1092,9 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
                             ops_network: str = "ReActNet-A", title: str | None = None):
     """Three panels: model size, real-valued operations per block, inference speed.
 
+    The ops panel spans the top row, size and speed share the bottom row;
+    ``fig.axes`` stays in the order size, ops, speed.
+
     ``sizes``: rows with ``model``, ``norm``, ``float32 MB``, ``packed MB``.
     ``real_ops``: real-valued operations per image, index = part (stem,
     block1, ..., head), columns = ``(norm, stage)`` with stage ``float`` or
@@ -1093,8 +1106,10 @@ def plot_deployment_summary(sizes: pd.DataFrame, real_ops: pd.DataFrame, latency
     removes shows as bar height. Mode colours (bn, bf) appear only in the ops
     panel, whose series are modes; sizes and speed paths use neutral greys.
     """
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), layout="constrained",
-                             gridspec_kw={"width_ratios": [1.0, 2.2, 1.2]})
+    # two rows: the wide per-block ops panel on top, size and speed below (readable at notebook width)
+    fig = plt.figure(figsize=(13, 10), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.1])
+    axes = np.array([fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 1])])
     plain_numbers = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 10, not 10^1
 
     ax = axes[0]

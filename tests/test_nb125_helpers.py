@@ -139,9 +139,10 @@ def test_logit_spread_plots_absolute_and_relative_variance():
     absolute, relative = fig.axes
     assert absolute.get_yscale() == relative.get_yscale() == "log"
     assert [t.get_text() for t in relative.get_xticklabels()] == ["bn", "bf"]
-    assert len(relative.patches) == 4                                    # 2 modes x 2 inputs
-    heights = sorted(p.get_height() for p in relative.patches)
-    assert heights == pytest.approx([0.125] * 4)
+    assert len(relative.lines) == 2 and not relative.patches             # one marker series per input, no bars
+    heights = sorted(y for line in relative.lines for y in line.get_ydata())
+    assert heights == pytest.approx([0.125] * 4)                         # 2 modes x 2 inputs
+    assert all(line.get_linestyle() == "None" for line in relative.lines)
     assert relative.get_legend().get_title().get_text() == "input batch"
     with pytest.raises(ValueError, match="signal_summary"):
         P.plot_logit_spread(summary.reset_index(level=0, drop=True))

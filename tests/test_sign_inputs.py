@@ -61,3 +61,16 @@ def test_plot_sign_input_histograms_draws_one_panel_per_network_and_block():
     plt.close(fig)
     with pytest.raises(ValueError, match="block9"):
         P.plot_sign_input_histograms(inputs, ["block9"])
+
+
+def test_sign_input_shares_counts_values_strictly_inside_the_interval():
+    seen = {"a": {"block1": np.array([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0]), "block2": torch.tensor([0.2, 3.0])},
+            "b": {"block1": np.array([-0.1, -0.2]), "block2": np.array([5.0, -5.0])}}
+    window = D.sign_input_shares(seen)
+    assert list(window.index) == ["a", "b"] and list(window.columns) == ["block1", "block2"]
+    assert window.loc["a", "block1"] == pytest.approx(3 / 6) and window.loc["a", "block2"] == 0.5
+    assert window.loc["b", "block1"] == 1.0 and window.loc["b", "block2"] == 0.0
+    below = D.sign_input_shares(seen, -1.0, 0.0)
+    assert below.loc["a", "block1"] == pytest.approx(1 / 6) and below.loc["b", "block1"] == 1.0
+    values = np.random.default_rng(0).normal(size=1000)
+    assert D.sign_input_shares({"x": {"b": values}}).iloc[0, 0] == pytest.approx(D.ste_window_share(values))
