@@ -25,7 +25,8 @@ import yaml
 from .paths import repo_root
 
 __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_step", "lead_per_seed", "seed_table", "seed_summary",
-           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "stats_readings", "mode_gaps",
+           "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "stats_readings",
+           "saturation_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
            "format_stats_overview", "checkpoint_table", "first_and_last"]
 
@@ -215,6 +216,42 @@ def stats_readings(by_mode: pd.DataFrame) -> pd.Series:
         "step 1: bf flips over 4x less": bool(min(flip1["bn"], flip1["none"]) > 4 * flip1["bf"]),
         "AGC clips bf < none < bn (bn > 0.9, bf < 0.5)": bool(clip["bf"] < clip["none"] < clip["bn"]
                                                               and clip["bn"] > 0.9 and clip["bf"] < 0.5)},
+        name="holds")
+
+
+def saturation_readings(stream: pd.DataFrame, window: pd.DataFrame, plus: pd.DataFrame) -> pd.Series:
+    """Notebook 06's readings of sign saturation in the photo networks, each checked: ``{reading: bool}``.
+
+    The three tables come from ``diagnostics.signal_by_position(..., blocks_only=True)``: rows are
+    blocks 1..13, columns ``"{mode} · init"`` and ``"{mode} · trained"`` for ``bn``, ``none``, ``bf``.
+    ``stream``: residual-stream variance after each block (``avg_var``); ``window``: share of the
+    signs' shifted inputs with |x + b| < 1 (``sign_window``); ``plus``: share of +1 signs
+    (``sign_balance``). The bounds leave margins of several times the measured differences:
+
+    * the trained ``none`` stream grows over 10x from block 1 to block 11;
+    * after block 11 the trained ``none`` and ``bn`` streams are over twice ``bf``'s;
+    * the untrained ``none`` network has under half of its inputs in the window from block 8 on;
+    * the trained ``none`` and ``bf`` networks have over half in the window in every block;
+    * the trained ``bn`` network has the fewest in the window (0.1 below the lowest of the other two),
+      and under half in block 13;
+    * training lowers ``bf``'s block-13 share of +1 by more than 0.2;
+    * no trained block is nearly constant: every share of +1 within (0.3, 0.9).
+    """
+    trained = [f"{m} · trained" for m in ("bn", "none", "bf")]
+    inside_trained = window[["none · trained", "bf · trained"]].min().min()
+    return pd.Series({
+        "trained none: stream grows >10x, block 1 to 11": bool(
+            stream.loc[11, "none · trained"] > 10 * stream.loc[1, "none · trained"]),
+        "trained none and bn: stream >2x bf's at block 11": bool(
+            stream.loc[11, ["none · trained", "bn · trained"]].min() > 2 * stream.loc[11, "bf · trained"]),
+        "untrained none: < 1/2 in window from block 8": bool(window.loc[8:, "none · init"].max() < 0.5),
+        "trained none and bf: > 1/2 in window, all blocks": bool(inside_trained > 0.5),
+        "trained bn: fewest in window (by > 0.1)": bool(window["bn · trained"].min() < inside_trained - 0.1),
+        "trained bn: < 1/2 in window in block 13": bool(window.loc[13, "bn · trained"] < 0.5),
+        "bf block 13: +1 share drops > 0.2 in training": bool(
+            plus.loc[13, "bf · trained"] < plus.loc[13, "bf · init"] - 0.2),
+        "no trained block near-constant (+1 in 0.3-0.9)": bool(
+            plus[trained].min().min() > 0.3 and plus[trained].max().max() < 0.9)},
         name="holds")
 
 

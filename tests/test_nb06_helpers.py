@@ -15,6 +15,7 @@ from bnn_helpers import plotting as P  # noqa: E402
 from bnn_helpers.diagnostics import signal_by_position  # noqa: E402
 from bnn_helpers.photos import one_per_class, to_display  # noqa: E402
 from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode, stats_readings, mode_gaps  # noqa: E402
+from bnn_helpers.results import saturation_readings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -156,3 +157,24 @@ def test_stats_readings_hold_on_notebook_06s_numbers_and_fail_when_one_does_not(
     broken = by_mode.assign(flip_step1=[0.0064, 0.0064, 0.0030])          # bf flips only about 2x less
     assert not stats_readings(broken)["step 1: bf flips over 4x less"]
     assert stats_readings(broken).drop("step 1: bf flips over 4x less").all()
+
+
+def test_saturation_readings_hold_on_notebook_06s_numbers_and_fail_when_one_does_not():
+    blocks = pd.RangeIndex(1, 14, name="block")
+    def table(**columns):   # constant per column, with the values notebook 06 measured where it matters
+        return pd.DataFrame({k: np.full(13, v, dtype=float) for k, v in columns.items()}, index=blocks)
+    stream = table(**{"bn · init": 2.0, "bn · trained": 1.5, "none · init": 0.07, "none · trained": 0.95,
+                      "bf · init": 0.09, "bf · trained": 0.27})
+    stream.loc[11] = [103.6, 10.8, 1.4, 17.0, 0.09, 2.9]
+    window = table(**{"bn · init": 0.6, "bn · trained": 0.39, "none · init": 0.29, "none · trained": 0.61,
+                      "bf · init": 0.96, "bf · trained": 0.67})
+    window.loc[:7, "none · init"] = 0.8                      # saturated from block 8 on only
+    plus = table(**{"bn · init": 0.6, "bn · trained": 0.6, "none · init": 0.6, "none · trained": 0.5,
+                    "bf · init": 0.6, "bf · trained": 0.62})
+    plus.loc[13, "bf · init"] = 0.96
+    readings = saturation_readings(stream, window, plus)
+    assert readings.all() and len(readings) == 8
+    broken = window.assign(**{"none · trained": 0.45})         # trained none saturated too
+    failed = saturation_readings(stream, broken, plus)
+    assert not failed["trained none and bf: > 1/2 in window, all blocks"]
+    assert failed[[k for k in failed.index if "stream" in k or "+1" in k]].all()
