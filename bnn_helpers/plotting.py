@@ -144,7 +144,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
                             linestyles: Mapping[str, str] | None = None, *,
                             branch_title: str | None = None, sign_column: str | None = None,
                             legend_title: str = "variant", own_x_range: bool = False,
-                            zeros_at_floor: bool = False):
+                            zeros_at_floor: bool = False, small_ticks: bool | None = None):
     """Signal propagation of several variants: one line per label per panel.
 
     ``tables_by_label``: ``{label: diagnostics.signal_propagation(...)}``.
@@ -169,6 +169,10 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
     them out), and the floor's note says so: use it when values that are zero up
     to float rounding come out sometimes as 0 and sometimes as a tiny positive
     number, so that they are drawn the same on every CPU.
+
+    ``small_ticks``: x tick labels at font size 8 (``True``) or at the style's size
+    (``False``); ``None`` picks small ones when a "stem" or "head" slot or a sign
+    panel crowds the axis. The widened 2 × 2 layout has room for ``False``.
     """
     if not tables_by_label:
         raise ValueError("plot_signal_propagation needs at least one table: {label: DataFrame}")
@@ -208,7 +212,7 @@ def plot_signal_propagation(tables_by_label: Mapping[str, pd.DataFrame], branch:
             ax.plot(rows["position"], values, marker="o", markersize=3, color=color,
                     linestyle=style, label=label)
     span = (min(names) - 0.6, max(names) + 0.6)
-    small = "stem" in names.values() or include_head or sign_column   # "stem" next to "1", "13" next to "head"
+    small = ("stem" in names.values() or include_head or sign_column) if small_ticks is None else small_ticks
     for ax, (column, name, ylabel) in zip(axes, panels):
         if column == sign_column:
             ax.set_ylim(0, 1.04)

@@ -80,6 +80,14 @@ def test_signal_propagation_own_x_range_leaves_no_empty_stem_slot():
     assert own.axes[3].get_xlim() == pytest.approx((1 - 0.6, 2 + 0.6))     # blocks-only panel: blocks 1..2 only
 
 
+def test_signal_propagation_small_ticks_overrides_the_automatic_size():
+    table = sp_table(1.0).assign(sign_balance2=[np.nan, 0.5, 0.7, np.nan])
+    size = lambda fig: fig.axes[0].get_xticklabels()[0].get_fontsize()
+    auto = P.plot_signal_propagation({"bn": table}, sign_column="sign_balance2")
+    full = P.plot_signal_propagation({"bn": table}, sign_column="sign_balance2", small_ticks=False)
+    assert size(auto) == 8 and size(full) > 8                               # default: small next to "stem"
+
+
 def test_sign_saturation_plot_averages_the_signs_of_each_block():
     table = sp_table(1.0).assign(sign_window1=[np.nan, 0.2, 0.6, np.nan], sign_window2=[np.nan, 0.4, 0.8, np.nan],
                                  sign_balance1=[np.nan, 1.0, 0.5, np.nan])
