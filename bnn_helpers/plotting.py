@@ -546,7 +546,8 @@ _MIN_BALANCE_SPAN = 0.02
 
 def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None,
                         colors: Mapping[str, object] | None = None,
-                        linestyles: Mapping[str, str] | None = None, legend: bool = True):
+                        linestyles: Mapping[str, str] | None = None, legend: bool = True,
+                        epoch_steps: int | None = None):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
@@ -564,6 +565,8 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     draws some labels dashed or dotted; those lines are drawn above the solid ones, so
     a dashed line stays visible where it lies on top of another run's solid line.
     ``legend=False`` draws no legend (one run whose name the title already gives).
+    ``epoch_steps`` (optimizer steps per epoch, counted from 1) draws a thin dotted
+    grey line at every epoch boundary (x = k·epoch_steps + 0.5) and says so in the x label.
     """
     known = [c for c, *_ in _STATS_PANELS]
     unknown = set(columns or ()) - set(known)
@@ -596,6 +599,11 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
                 middle = (low + high) / 2
                 ax.set_ylim(middle - _MIN_BALANCE_SPAN / 2, middle + _MIN_BALANCE_SPAN / 2)
         xlabel = "optimizer steps (step 2 after the dashed line)" if boundaries else "optimizer steps"
+        if epoch_steps:
+            last = max(float(np.nanmax(line.get_xdata())) for line in ax.lines)
+            for x in np.arange(epoch_steps, last, epoch_steps) + 0.5:
+                ax.axvline(x, color="0.55", linestyle=":", linewidth=1, zorder=1)
+            xlabel += f" (dotted: epoch boundaries, every {epoch_steps})"
         _finish_axis(ax, boundaries, xlabel, ylabel, name)
         ax.get_legend().remove()          # one legend for all panels, clear of the curves
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -870,7 +878,7 @@ def plot_unitwise_ratios(ratios: pd.DataFrame, clip_factor: float, title: str | 
     if (ratios["ratio"] < _LOG_FLOOR).any():   # a log axis cannot show them (e.g. exact 0): say where they are
         ax.axvline(_LOG_FLOOR, color="0.25", linestyle=":", linewidth=1.5, zorder=3)
         ax.text(_LOG_FLOOR, 1.0, " plotting floor 10⁻⁶: smaller ratios drawn here", transform=ax.get_xaxis_transform(),
-                ha="left", va="bottom", fontsize=7, color="0.3")
+                ha="left", va="bottom", fontsize="small", color="0.25")
     ax.set_xlabel("‖G‖ / max(‖W‖, ε) per unit")
     fig.suptitle(title or "Unit-wise gradient-to-weight ratio")   # centred on the figure, not the axes
     ax.legend(loc="upper left")

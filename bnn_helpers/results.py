@@ -358,6 +358,22 @@ def pivot_tables(table: pd.DataFrame, index: str, columns: str, values) -> dict[
     return {value: table.pivot(index=index, columns=columns, values=value) for value in values}
 
 
+def sweep_tables(table: pd.DataFrame, index: str, columns: str, values,
+                 digits: int = 3) -> tuple[dict[str, pd.DataFrame], str]:
+    """An :func:`outcomes_table` as one grid per measure, for reading and for asserts.
+
+    Returns ``(tables, text)``: ``tables`` is :func:`pivot_tables` of ``values``
+    plus ``"outcome"`` (``{name: rows index x columns columns}``); ``text`` is
+    :func:`format_tables` of the ``values`` grids, followed by one line per
+    diverged run (its index, its column and where it stopped), or "no run diverged".
+    """
+    tables = pivot_tables(table, index, columns, [*values, "outcome"])
+    text = format_tables({v: tables[v] for v in values}, digits)
+    stopped = table[table["outcome"] == "diverged"]
+    lines = [f"{row[index]}, {columns} {row[columns]}: {row['stopped at']}" for _, row in stopped.iterrows()]
+    return tables, text + "\n\n" + ("diverged: " + "; ".join(lines) if lines else "no run diverged")
+
+
 def format_tables(tables: Mapping[str, pd.DataFrame], digits: int = 3) -> str:
     """Tables one after another, each under its name with the row and column axis names;
     numbers to ``digits`` significant digits, missing entries as "-"."""

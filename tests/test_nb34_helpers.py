@@ -262,6 +262,28 @@ def test_pivot_tables_and_format_tables():
     assert format_tables({"a": tables["top1"], "b": tables["top1"]}).count("\n\n") == 1
 
 
+def test_sweep_tables_grids_and_diverged_lines():
+    from bnn_helpers.results import sweep_tables
+    table = _outcomes().assign(**{"stopped at": ["", "", "", "loss became non-finite"]})
+    tables, text = sweep_tables(table, "setting", "AGC λ", ["top1"])
+    assert list(tables) == ["top1", "outcome"] and tables["outcome"].loc["sgd", "0.01"] == "diverged"
+    assert text.startswith("top1 (rows: setting, columns: AGC λ)\n") and "outcome (rows" not in text
+    assert text.endswith("diverged: sgd, AGC λ 0.01: loss became non-finite")
+    assert sweep_tables(table.iloc[:3], "setting", "AGC λ", ["top1"])[1].endswith("no run diverged")
+
+
+def test_training_stats_epoch_lines(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"step": 1, "optimizer_step": range(1, 9), "flip_ratio": 0.1, "weight_sign_balance": 0.5,
+                  "act_sign_balance": 0.5, "agc_clip_share": 0.2}).to_csv(run / "stats.csv", index=False)
+    (ax,) = P.plot_training_stats({"a": run}, columns=["agc_clip_share"], epoch_steps=3).axes
+    dotted = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+    assert dotted == [3.5, 6.5] and "epoch boundaries" in ax.get_xlabel()
+    (ax,) = P.plot_training_stats({"a": run}, columns=["agc_clip_share"]).axes
+    assert len(ax.lines) == 1 and "epoch" not in ax.get_xlabel()
+
+
 def test_training_stats_colors_fix_some_labels(two_step_stats_run):
     run = two_step_stats_run
     fig = P.plot_training_stats({"a": run, "b": run}, columns=["agc_clip_share"], colors={"b": "k"})
