@@ -230,11 +230,12 @@ def saturation_readings(stream: pd.DataFrame, window: pd.DataFrame, plus: pd.Dat
 
     * the trained ``none`` stream grows over 10x from block 1 to block 11;
     * after block 11 the trained ``none`` and ``bn`` streams are over twice ``bf``'s;
-    * the untrained ``none`` network has under half of its inputs in the window from block 8 on;
+    * the freshly built (``init``) ``none`` network has under half of its inputs in the window from
+      block 8 on (``init`` is a reference state: training starts from step 1, never from it);
     * the trained ``none`` and ``bf`` networks have over half in the window in every block;
     * the trained ``bn`` network has the fewest in the window (0.1 below the lowest of the other two),
       and under half in block 13;
-    * training lowers ``bf``'s block-13 share of +1 by more than 0.2;
+    * ``bf``'s block-13 share of +1 is more than 0.2 lower trained than in the fresh network;
     * no trained block is nearly constant: every share of +1 within (0.3, 0.9).
     """
     trained = [f"{m} · trained" for m in ("bn", "none", "bf")]
@@ -244,11 +245,11 @@ def saturation_readings(stream: pd.DataFrame, window: pd.DataFrame, plus: pd.Dat
             stream.loc[11, "none · trained"] > 10 * stream.loc[1, "none · trained"]),
         "trained none and bn: stream >2x bf's at block 11": bool(
             stream.loc[11, ["none · trained", "bn · trained"]].min() > 2 * stream.loc[11, "bf · trained"]),
-        "untrained none: < 1/2 in window from block 8": bool(window.loc[8:, "none · init"].max() < 0.5),
+        "fresh (init) none: < 1/2 in window from block 8": bool(window.loc[8:, "none · init"].max() < 0.5),
         "trained none and bf: > 1/2 in window, all blocks": bool(inside_trained > 0.5),
         "trained bn: fewest in window (by > 0.1)": bool(window["bn · trained"].min() < inside_trained - 0.1),
         "trained bn: < 1/2 in window in block 13": bool(window.loc[13, "bn · trained"] < 0.5),
-        "bf block 13: +1 share drops > 0.2 in training": bool(
+        "bf block 13: +1 share >0.2 lower trained than init": bool(
             plus.loc[13, "bf · trained"] < plus.loc[13, "bf · init"] - 0.2),
         "no trained block near-constant (+1 in 0.3-0.9)": bool(
             plus[trained].min().min() > 0.3 and plus[trained].max().max() < 0.9)},

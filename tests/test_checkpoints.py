@@ -84,3 +84,20 @@ def test_teacher_from_a_plain_data_parallel_state_dict(tmp_path):
     assert torch.equal(teacher(x), net.eval()(x))
     with pytest.raises(TrainError, match="does not fit"):
         load_teacher(cfg, num_classes=5)
+
+
+def test_initial_conv_weights_depend_on_the_seed_not_on_bn(tmp_path):
+    import yaml
+
+    from bnn_helpers.checkpoints import initial_conv_weights
+    from bnn_helpers.config import load_config
+
+    for mode in ("bn", "none"):
+        cfg = load_config({"model": f"reactnet_a_{mode}", "width_mult": 0.25, "dataset": "digits"})
+        (tmp_path / mode).mkdir()
+        (tmp_path / mode / "config.yaml").write_text(yaml.safe_dump(cfg))
+    bn, none = (initial_conv_weights(tmp_path / m, seed=0, num_classes=10) for m in ("bn", "none"))
+    assert len(bn) == len(none) > 10 and all(w.dim() == 4 for w in bn)
+    assert all(map(torch.equal, bn, none))                      # same seed: the same convolutions
+    other = initial_conv_weights(tmp_path / "none", seed=1, num_classes=10)
+    assert not torch.equal(bn[0], other[0])
