@@ -462,3 +462,30 @@ def size_table(nets: dict, packs: dict, resolution: int, label: str) -> pd.DataF
     table = pd.DataFrame(rows)
     table["float32 / packed"] = table["float32 MB"] / table["packed MB"]
     return table
+
+
+def size_readings(sizes: pd.DataFrame) -> pd.DataFrame:
+    """One row per model of a ``size_table`` (or several, concatenated) with both modes ``bf`` and ``bn``.
+
+    Columns: ``bf ratio`` and ``bn ratio`` (float32 / packed); for ``bf`` the
+    percentage of the packed file taken by the float stem and classifier
+    (``stem + classifier %``) and by the per-channel constants (``constants %``),
+    and the ratio the model would reach without the constants
+    (``ratio without constants``); and three checks: ``same packed parts``
+    (``bf`` and ``bn`` pack to the same binary bits, float parts and constants),
+    ``bn float32 larger`` (BN's parameters before folding) and
+    ``within accounting`` (every packed size at most 5 % above the usual
+    1 bit per binary + 32 bits per real parameter).
+    """
+    parts = ["binary weight bits MB", "stem + classifier (float32) MB", "per-channel constants MB"]
+    rows = {}
+    for label, t in sizes.set_index("norm").groupby("model", sort=False):
+        bf, bn = t.loc["bf"], t.loc["bn"]
+        rows[label] = {"bf ratio": bf["float32 / packed"], "bn ratio": bn["float32 / packed"],
+                       "stem + classifier %": 100 * bf[parts[1]] / bf["packed MB"],
+                       "constants %": 100 * bf[parts[2]] / bf["packed MB"],
+                       "ratio without constants": bf["float32 MB"] / (bf["packed MB"] - bf[parts[2]]),
+                       "same packed parts": bool((bf[parts] == bn[parts]).all()),
+                       "bn float32 larger": bool(bn["float32 MB"] > bf["float32 MB"]),
+                       "within accounting": bool((t["packed MB"] <= 1.05 * t["1 bit/binary + 32 bit/real MB"]).all())}
+    return pd.DataFrame.from_dict(rows, orient="index")

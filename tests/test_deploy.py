@@ -423,3 +423,25 @@ def test_threshold_shift_ulps_counts_moved_thresholds():
     with torch.no_grad():
         sign.lower[0] = sign.upper[0] = torch.nextafter(t, torch.tensor(math.inf))
     assert threshold_shift_ulps(model, packed)[0] == 1
+
+
+def test_size_readings_one_row_per_model():
+    import pandas as pd
+
+    from bnn_helpers.complexity import size_readings
+
+    def row(model, norm, f32, packed, consts):
+        return {"model": model, "norm": norm, "float32 MB": f32, "packed MB": packed,
+                "1 bit/binary + 32 bit/real MB": packed, "binary weight bits MB": 1.0,
+                "stem + classifier (float32) MB": 0.5, "per-channel constants MB": consts,
+                "float32 / packed": f32 / packed}
+
+    sizes = pd.DataFrame([row("a", "bf", 40.0, 2.0, 0.5), row("a", "bn", 41.0, 2.0, 0.5),
+                          row("b", "bf", 40.0, 2.0, 0.5), row("b", "bn", 39.0, 2.2, 0.7)])
+    r = size_readings(sizes)
+    assert list(r.index) == ["a", "b"]
+    assert r.loc["a", "bf ratio"] == 20.0 and r.loc["a", "bn ratio"] == 20.5
+    assert r.loc["a", "stem + classifier %"] == 25.0 and r.loc["a", "constants %"] == 25.0
+    assert r.loc["a", "ratio without constants"] == 40.0 / 1.5
+    assert r.loc["a", ["same packed parts", "bn float32 larger", "within accounting"]].all()
+    assert not r.loc["b", "same packed parts"] and not r.loc["b", "bn float32 larger"]
