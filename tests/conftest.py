@@ -1,6 +1,7 @@
 """Test-wide setup: non-interactive plots, scratch folders, modest threading, and the
 fixtures the engine tests share (tiny run settings, a small image folder)."""
 import os
+import sys
 
 import pytest
 
@@ -80,3 +81,11 @@ def two_step_stats_run(tmp_path):
                   "weight_sign_balance": 0.5, "act_sign_balance": 0.6,
                   "agc_clip_share": [0.2, 0.3]}).to_csv(run / "stats.csv", index=False)
     return run
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every matplotlib figure a test left open (only if pyplot was imported at all)."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

@@ -1,27 +1,16 @@
 """Package helpers that notebook 06 uses for its tables and figures (results, diagnostics,
 plotting, photos): seed summaries, shares above chance, signal tables by position, the
 seed-band legend, image grids and photo patches for display."""
-import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from bnn_helpers import plotting as P  # noqa: E402
-from bnn_helpers.diagnostics import signal_by_position  # noqa: E402
-from bnn_helpers.photos import one_per_class, to_display  # noqa: E402
-from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode, stats_readings, mode_gaps  # noqa: E402
-from bnn_helpers.results import saturation_readings  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+from bnn_helpers import plotting as P
+from bnn_helpers.diagnostics import signal_by_position
+from bnn_helpers.photos import one_per_class, to_display
+from bnn_helpers.results import seed_summary, share_above_chance, stats_by_mode, stats_readings, mode_gaps
+from bnn_helpers.results import saturation_readings
 
 
 def best_table():

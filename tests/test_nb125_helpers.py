@@ -1,28 +1,17 @@
 """Helpers added for notebooks 01, 02 and 05: sign shares, readable and condensed
 signal-propagation tables, part counts, seed tables, the published-count
 comparison, and the figure options they use."""
-import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from bnn_helpers import create_model  # noqa: E402
-from bnn_helpers import plotting as P  # noqa: E402
-from bnn_helpers.complexity import published_comparison  # noqa: E402
-from bnn_helpers.diagnostics import (count_parts, readable_signal_table, sign_shares,  # noqa: E402
+from bnn_helpers import create_model
+from bnn_helpers import plotting as P
+from bnn_helpers.complexity import published_comparison
+from bnn_helpers.diagnostics import (count_parts, readable_signal_table, sign_shares,
                                      signal_summary)
-from bnn_helpers.results import seed_table  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+from bnn_helpers.results import seed_table
 
 
 def sp_table(scale=1.0, blocks=4, constant_signs=False):

@@ -5,27 +5,18 @@ import math
 
 import matplotlib
 
-matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from bnn_helpers import create_model  # noqa: E402
-from bnn_helpers import diagnostics as D  # noqa: E402
-from bnn_helpers import plotting as P  # noqa: E402
-from bnn_helpers.config import DivergedError, TrainError, load_config  # noqa: E402
-from bnn_helpers.results import outcomes_table  # noqa: E402
-from bnn_helpers.train import TrainingOutcome, run_or_load_outcome, settings_name  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+from bnn_helpers import create_model
+from bnn_helpers import diagnostics as D
+from bnn_helpers import plotting as P
+from bnn_helpers.config import DivergedError, TrainError, load_config
+from bnn_helpers.results import outcomes_table
+from bnn_helpers.train import TrainingOutcome, run_or_load_outcome, settings_name
 
 
 class Scale(nn.Module):

@@ -2,28 +2,17 @@
 ranges and labels, flip reports, train-mode dependence, tampered files, op differences."""
 import math
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from bnn_helpers import create_model, deploy  # noqa: E402
-from bnn_helpers import plotting as P  # noqa: E402
-from bnn_helpers.complexity import inference_op_table, op_difference  # noqa: E402
-from bnn_helpers.diagnostics import describe_flips, train_mode_dependence  # noqa: E402
-from bnn_helpers.launch import config_changes, format_estimates, gpu_training_estimates  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+from bnn_helpers import create_model, deploy
+from bnn_helpers import plotting as P
+from bnn_helpers.complexity import inference_op_table, op_difference
+from bnn_helpers.diagnostics import describe_flips, train_mode_dependence
+from bnn_helpers.launch import config_changes, format_estimates, gpu_training_estimates
 
 
 # -- launch.py: planning helpers ------------------------------------------------

@@ -4,24 +4,15 @@ from pathlib import Path
 import matplotlib
 import matplotlib.ticker
 import matplotlib.colors
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from bnn_helpers import plotting as P  # noqa: E402
-from bnn_helpers.binarize import ESTIMATORS  # noqa: E402
-from bnn_helpers.figures import gaussian_batch, init_signal_propagation, photo_batch  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+from bnn_helpers import plotting as P
+from bnn_helpers.binarize import ESTIMATORS
+from bnn_helpers.figures import gaussian_batch, init_signal_propagation, photo_batch
 
 
 def sp_table(scale):

@@ -1,17 +1,13 @@
 """diagnostics.sign_inputs and plotting.plot_sign_input_histograms."""
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from bnn_helpers import create_model  # noqa: E402
-from bnn_helpers import diagnostics as D  # noqa: E402
-from bnn_helpers import plotting as P  # noqa: E402
-from bnn_helpers.layers import RSign  # noqa: E402
+from bnn_helpers import create_model
+from bnn_helpers import diagnostics as D
+from bnn_helpers import plotting as P
+from bnn_helpers.layers import RSign
 
 
 def _tiny(mode):
