@@ -25,7 +25,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .config import CorruptCheckpointError, TrainError, checkpoint_damage, checkpoint_load_error
 
-__all__ = ["build_model", "initial_conv_weights", "model_from_checkpoint", "load_trained", "find_checkpoint", "read_checkpoint",
+__all__ = ["build_model", "initial_model", "initial_conv_weights", "model_from_checkpoint", "load_trained", "find_checkpoint", "read_checkpoint",
            "load_weights_only", "load_model_state", "strip_data_parallel_prefix", "atomic_save",
            "write_atomically", "write_error", "rng_state", "set_rng_state"]
 
@@ -56,17 +56,21 @@ def build_model(cfg: dict, binary_weights: bool, num_classes: int) -> nn.Module:
     return create_model(name, **kwargs)
 
 
-def initial_conv_weights(run_dir: str | os.PathLike, seed: int, num_classes: int,
-                         step: int = 1) -> list[torch.Tensor]:
-    """The convolution weights (every 4-D tensor of the state dict) a run's step-``step``
-    network has at initialisation: built from the run's ``config.yaml`` right after
-    ``torch.manual_seed(seed)``, as the engine seeds and then builds. Two runs whose lists
-    are equal tensor by tensor started training from the same convolutions."""
+def initial_model(run_dir: str | os.PathLike, seed: int, num_classes: int, step: int = 1) -> nn.Module:
+    """A run's step-``step`` network as it was at initialisation: built from the run's
+    ``config.yaml`` right after ``torch.manual_seed(seed)``, as the engine seeds and then builds."""
     import yaml
 
     cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
     torch.manual_seed(seed)
-    net = build_model(cfg, binary_weights=step == 2, num_classes=num_classes)
+    return build_model(cfg, binary_weights=step == 2, num_classes=num_classes)
+
+
+def initial_conv_weights(run_dir: str | os.PathLike, seed: int, num_classes: int,
+                         step: int = 1) -> list[torch.Tensor]:
+    """The convolution weights (every 4-D tensor of the state dict) of :func:`initial_model`.
+    Two runs whose lists are equal tensor by tensor started training from the same convolutions."""
+    net = initial_model(run_dir, seed, num_classes, step)
     return [w for w in net.state_dict().values() if w.dim() == 4]
 
 

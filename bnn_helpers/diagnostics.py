@@ -105,6 +105,7 @@ __all__ = [
     "STATS_COLUMNS",
     "count_sign_ties",
     "unitwise_ratios",
+    "unitwise_summary",
     "sign_shares",
     "ste_window_share",
     "ste_window_shares",
@@ -115,6 +116,9 @@ __all__ = [
     "describe_flips",
     "signal_at_init_and_trained",
     "logits_in_batches",
+    "beta_schedule_table",
+    "PREDICTED_INPUT_VAR",
+    "sign_input_shares",
 ]
 
 
@@ -296,14 +300,18 @@ def readable_signal_table(table: pd.DataFrame, rows: Iterable[str] | None = None
     return view if rows is None else view.loc[list(rows)]
 
 
+def _block_names(index) -> list:
+    """The ``block<l>`` names of a signal table's name index, in order."""
+    return [n for n in index if str(n).startswith("block")]
+
+
 def block_rows(table: pd.DataFrame, first: int = 1, last: int | None = None) -> pd.DataFrame:
     """The rows ``block{first}`` .. ``block{last}`` of a :func:`signal_propagation` table, indexed by name.
 
     ``last=None`` runs to the last block. The numbers are not changed.
     """
     by_name = table.set_index("name")
-    blocks = [n for n in by_name.index if str(n).startswith("block")]
-    end = f"block{last}" if last is not None else blocks[-1]
+    end = f"block{last}" if last is not None else _block_names(by_name.index)[-1]
     return by_name.loc[f"block{first}":end]
 
 
@@ -315,8 +323,7 @@ def block_input_variance(table: pd.DataFrame) -> pd.Series:
     and of block ``l − 1`` after that. This is what NF-ResNets' ``β_l²`` predicts.
     """
     by_name = table.set_index("name")["avg_var"]
-    blocks = [n for n in by_name.index if str(n).startswith("block")]
-    return by_name.shift(1).loc[blocks].rename("input_var")
+    return by_name.shift(1).loc[_block_names(by_name.index)].rename("input_var")
 
 
 def sign_entropy_bits(p) -> np.ndarray | float:
@@ -356,21 +363,21 @@ def signal_summary(tables: Mapping, names: Iterable[str] | None = None,
     rows = []
     for key, table in tables.items():
         by_name = table.set_index("name")
-        blocks = [n for n in by_name.index if str(n).startswith("block")]
+        blocks = _block_names(by_name.index)
         if not blocks or "head" not in by_name.index:
             raise ValueError("signal_summary needs tables with block rows and a head row "
                              f"(from signal_propagation); {key!r} has neither or no head")
-        block_rows, head = by_name.loc[blocks], by_name.loc["head"]
-        later = block_rows.iloc[first_block - 1:]
-        second = (block_rows["sign_balance2"] if "sign_balance2" in block_rows
-                  else pd.Series(np.nan, index=block_rows.index))
+        per_block, head = by_name.loc[blocks], by_name.loc["head"]
+        later = per_block.iloc[first_block - 1:]
+        second = (per_block["sign_balance2"] if "sign_balance2" in per_block
+                  else pd.Series(np.nan, index=per_block.index))
         shares = later.filter(regex=r"^sign_balance\d+$").to_numpy(dtype=float)
         shares = shares[np.isfinite(shares)]
         windows = by_name.filter(regex=r"^sign_window\d+$").to_numpy(dtype=float)
         mean_share = float(shares.mean()) if shares.size else float("nan")
-        rows.append({"last block mean²": float(block_rows["avg_sq_mean"].iloc[-1]),
-                     "last block variance": float(block_rows["avg_var"].iloc[-1]),
-                     "max block mean²": float(block_rows["avg_sq_mean"].max()),
+        rows.append({"last block mean²": float(per_block["avg_sq_mean"].iloc[-1]),
+                     "last block variance": float(per_block["avg_var"].iloc[-1]),
+                     "max block mean²": float(per_block["avg_sq_mean"].max()),
                      "last block share +1 (sign 2)": float(second.iloc[-1]),
                      f"min share +1, sign 2, blocks {first_block}+": float(second.iloc[first_block - 1:].min()),
                      "+1 share min": float(shares.min()) if shares.size else float("nan"),
@@ -382,7 +389,7 @@ def signal_summary(tables: Mapping, names: Iterable[str] | None = None,
                      "logit mean²": float(head["avg_sq_mean"]),
                      "logit variance across inputs": float(head["avg_var"]),
                      "logit var / mean²": float(head["avg_var"] / head["avg_sq_mean"]),
-                     "logit var / last block var": float(head["avg_var"] / block_rows["avg_var"].iloc[-1])})
+                     "logit var / last block var": float(head["avg_var"] / per_block["avg_var"].iloc[-1])})
     keys = list(tables)
     index = (pd.MultiIndex.from_tuples(keys, names=list(names) if names else None)
              if keys and all(isinstance(k, tuple) for k in keys) else pd.Index(keys, name=None))
@@ -485,17 +492,11 @@ def signal_at_init_and_trained(run_dirs: Mapping[str, object], x: torch.Tensor, 
     checkpoint (trained); both are measured in train mode on ``x``. Returns
     ``{"<name> · init": table, "<name> · trained": table, ...}``.
     """
-    from pathlib import Path
-
-    import yaml
-
-    from .checkpoints import build_model, load_trained
+    from .checkpoints import initial_model, load_trained
 
     tables = {}
     for name, run_dir in run_dirs.items():
-        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-        torch.manual_seed(seed)
-        fresh = build_model(cfg, binary_weights=step == 2, num_classes=num_classes)
+        fresh = initial_model(run_dir, seed, num_classes, step)
         tables[f"{name} · init"] = signal_propagation(fresh.train(), x)
         tables[f"{name} · trained"] = signal_propagation(load_trained(run_dir, step=step).train(), x)
     return tables
@@ -975,7 +976,6 @@ def binary_conv_io(model: nn.Module, packed: nn.Module, images: torch.Tensor):
     return logits_float, logits_packed, seen
 
 
-@torch.no_grad()
 def threshold_shift_ulps(model: nn.Module, packed: nn.Module) -> torch.Tensor:
     """How far each sign threshold of ``packed`` lies from ``-b·β_l``, in ulps.
 
@@ -999,6 +999,7 @@ def threshold_shift_ulps(model: nn.Module, packed: nn.Module) -> torch.Tensor:
     return torch.cat(shifts)
 
 
+@torch.no_grad()
 def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    logit_rtol: float = 1e-5) -> tuple[dict, dict]:
     """Check that ``packed`` (``deploy.pack(model)``) computes what ``model`` computes.
@@ -1033,7 +1034,7 @@ def compare_packed(model: nn.Module, packed: nn.Module, images: torch.Tensor, la
         ratio = y_f / w_eff.abs().flatten(1).amax(1).view(1, -1, 1, 1)                   # (2)
         if not torch.equal(ratio.round(), F.conv2d(x_f, signs, None, conv.stride, conv.padding)):
             raise AssertionError(f"{name}: float conv / c is not the integer conv of its input")
-        off_integer = max(off_integer, float((ratio - ratio.round()).abs().max().detach()))
+        off_integer = max(off_integer, float((ratio - ratio.round()).abs().max()))
         flips += (x_f != x_p).flatten(1).sum(1)                                           # (3)
         n_signs += x_f.numel()
     scale = float(logits_f.abs().max())
@@ -1106,5 +1107,3 @@ def beta_schedule_table(strides: Sequence[int], alpha: float) -> pd.DataFrame:
     table[PREDICTED_INPUT_VAR] = 1 / table["beta1 published"] ** 2
     return table
 
-
-__all__ += ["beta_schedule_table", "PREDICTED_INPUT_VAR", "sign_input_shares"]

@@ -130,6 +130,17 @@ def launch(config, overrides: dict | None = None, nproc: int = 1, nnodes: int = 
     return run_dir_of(cfg)
 
 
+@contextlib.contextmanager
+def _working_directory(path):
+    """Run the block in ``path``, then go back (``contextlib.chdir`` needs Python 3.11)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def gpu_commands(config: str, overrides: dict | None = None, gpus_per_node: int = 8, nodes: int = 4,
                  rdzv_endpoint: str = "node0:29500", root: str | Path | None = None) -> dict[str, str]:
     """The launch commands for one GPU, one machine, several machines and SLURM, as text.
@@ -148,7 +159,7 @@ def gpu_commands(config: str, overrides: dict | None = None, gpus_per_node: int 
         return launch(config, {**(overrides or {}), **(extra or {})}, dry_run=True, **kwargs)
 
     g, n = gpus_per_node, nodes
-    with contextlib.chdir(root if root is not None else repo_root()):
+    with _working_directory(root if root is not None else repo_root()):
         return {"one GPU": command(nproc=1),
                 f"{g} GPUs, one machine": command(nproc=g),
                 f"{n} machines x {g} GPUs (run on every machine)": command(nproc=g, nnodes=n,
@@ -221,8 +232,7 @@ def format_estimates(estimates):
     loader processes are rounded *up* (4.4 needed means 5 to provision). The
     index reads "<GPU>: <peak> TFLOPS".
     """
-    import math
-
+    import numpy as np
     import pandas as pd
 
     digits = {"images/s per GPU": ",.0f"}
@@ -233,7 +243,7 @@ def format_estimates(estimates):
         spec = digits.get(quantity, ".1f" if quantity.startswith("days") else ".0f")
         values = estimates[quantity]
         if quantity == "loader processes per GPU":     # a fraction of a process does not exist: provision whole ones
-            values = values.map(math.ceil)
+            values = np.ceil(values).astype(int)
         text[quantity] = [f"{lo:{spec}}–{hi:{spec}}" for lo, hi in zip(values.min(axis=1), values.max(axis=1))]
     peaks = estimates["peak TFLOPS"].iloc[:, 0]
     index = [f"{gpu}: {peak:g} TFLOPS" for gpu, peak in peaks.items()]
@@ -314,11 +324,10 @@ def loader_provisioning(estimates, workers: int, cpus_per_node: int, gpus_per_no
     (one trainer plus its loaders per GPU) against ``cpus_per_node``.
     Returns a ``pandas.DataFrame`` indexed like :func:`format_estimates`.
     """
-    import math
-
+    import numpy as np
     import pandas as pd
 
-    need = estimates["loader processes per GPU"].map(math.ceil)
+    need = np.ceil(estimates["loader processes per GPU"]).astype(int)
     low, high = need.min(axis=1), need.max(axis=1)
     table = pd.DataFrame({"loaders per GPU": [f"{lo}–{hi}" for lo, hi in zip(low, high)],
                           f"workers={workers} enough": (high <= workers).tolist(),

@@ -793,8 +793,7 @@ def _panels_from_table(table: pd.DataFrame) -> dict:
 def plot_predicted_vs_measured(panels: Mapping[str, Mapping[str, Mapping[str, tuple]]] | pd.DataFrame,
                                xlabel: str | Mapping[str, str], ylabel: str, title: str | None = None,
                                log: bool | Mapping[str, bool] = True, legend: str = "panels",
-                               colors: Mapping[str, object] | None = None,
-                        linestyles: Mapping[str, str] | None = None):
+                               colors: Mapping[str, object] | None = None):
     """One panel per entry of ``panels``: predictions as dark dashed lines, measurements as coloured markers.
 
     ``panels``: a :func:`prediction_table` (one panel per value of its ``panel``
@@ -958,13 +957,12 @@ def plot_variance_prediction(toy: pd.DataFrame, network: pd.DataFrame, title: st
         if table["panel"].nunique() != 1:
             raise ValueError(f"{name} must be a prediction_table of one panel, got panels {sorted(table['panel'].unique())}")
     toy_panel, net_panel = toy["panel"].iloc[0], network["panel"].iloc[0]
-    colors = series_colors([*toy["series"], *network["series"]])
     return plot_predicted_vs_measured(pd.concat([toy, network]), xlabel={toy_panel: "block index l (0: input)", net_panel: "block index l"},
                                       ylabel="channel variance (a.u.)", log={toy_panel: False}, legend="figure",
-                                      colors=colors, title=title)
+                                      title=title)
 
 
-__all__ += ["prediction_table", "mode_colors", "series_colors", "plot_variance_prediction", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
+__all__ += ["plot_sign_input_histograms", "prediction_table", "mode_colors", "series_colors", "plot_variance_prediction", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 
 # --------------------------------------------------------------------------

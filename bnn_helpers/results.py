@@ -28,7 +28,7 @@ __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_ste
            "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "stats_readings",
            "saturation_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
-           "format_stats_overview", "checkpoint_table", "first_and_last"]
+           "format_stats_overview", "checkpoint_table", "first_and_last", "key_text", "stats_min", "sweep_tables"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -317,13 +317,12 @@ def outcomes_table(runs: Mapping, keys=("setting",)) -> pd.DataFrame:
     """
     if not runs:
         raise ValueError("outcomes_table needs at least one run: {key: outcome}")
-    text = key_text
     rows = []
     for key, (run_dir, diverged, message) in runs.items():
         values = key if isinstance(key, tuple) else (key,)
         if len(values) != len(keys):
             raise ValueError(f"key {key!r} does not match the column names {tuple(keys)!r}")
-        rows.append({**{k: text(v) for k, v in zip(keys, values)},
+        rows.append({**{k: key_text(v) for k, v in zip(keys, values)},
                      "outcome": "diverged" if diverged else "finished", "stopped at": message if diverged else "",
                      **final_epoch(run_dir), "run_dir": Path(run_dir)})
     return pd.DataFrame(rows)
@@ -398,14 +397,6 @@ def collect_run(run_dir: str | Path, name: str, set_name: str = "digits_20ep",
     return target
 
 
-if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
-    import sys
-
-    if len(sys.argv) not in (3, 4):
-        sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
-    print(collect_run(*sys.argv[1:]))
-
-
 def stats_overview(stats: pd.DataFrame) -> dict:
     """The numbers a ``stats.csv`` figure is read by (one row per recorded optimizer step).
 
@@ -476,3 +467,11 @@ def checkpoint_table(run_dir: str | Path) -> pd.DataFrame:
                      "best_top1": ckpt["best_top1"], "num_classes": ckpt["num_classes"],
                      **{key: ckpt["config"].get(key) for key in ("model", "loss", "agc")}})
     return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
+    print(collect_run(*sys.argv[1:]))

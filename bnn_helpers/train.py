@@ -204,11 +204,12 @@ def run_or_load_outcome(config=None, overrides=None, *, prefix: str = "run", **k
     merged = {**(overrides or {}), **kwargs}
     if not merged.get("name") and not merged.get("run_dir"):
         merged["name"] = settings_name(load_config(config, merged), prefix)
+    cfg = load_config(config, merged)
     try:
         run_dir = run_or_load(config, merged)
     except DivergedError as err:
-        return TrainingOutcome(run_dir_of(load_config(config, merged)), True, str(err).split(";")[0])
-    if not finished_run(run_dir, load_config(config, merged)):   # a signal (a kernel interrupt) stopped it
+        return TrainingOutcome(run_dir_of(cfg), True, str(err).split(";")[0])
+    if not finished_run(run_dir, cfg):   # a signal (a kernel interrupt) stopped it
         raise KeyboardInterrupt(f"training was interrupted; {run_dir} holds its last checkpoint, and the "
                                 "next call with the same settings starts it again")
     return TrainingOutcome(run_dir, False, "finished")
