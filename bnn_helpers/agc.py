@@ -49,8 +49,11 @@ def clip_gradients_(parameters: Iterable[torch.Tensor], clip_factor: float = 0.0
         max_norm = unitwise_norm(p.detach(), 2.0).clamp_(min=eps).mul_(clip_factor)
         grad_norm = unitwise_norm(grad, 2.0)
         kept = grad_norm < max_norm
-        # timm: where(kept, g, g * (max_norm / clamp(|g|, 1e-6))); g * 1 == g exactly.
-        grad.mul_(torch.where(kept, 1.0, max_norm / grad_norm.clamp(min=1e-6)))
+        # timm: where(kept, g, g * (max_norm / clamp(|g|, 1e-6))); g * 1 == g exactly. On CPU
+        # asking whether any unit is clipped costs no device sync, and a tensor with none
+        # clipped then needs no pass at all.
+        if grad.device.type != "cpu" or not bool(kept.all()):
+            grad.mul_(torch.where(kept, 1.0, max_norm / grad_norm.clamp(min=1e-6)))
         clipped.append(kept.numel() - kept.sum())
         units += kept.numel()
     return torch.stack(clipped).sum().float() / units

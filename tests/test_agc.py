@@ -67,3 +67,15 @@ def test_parameters_except_classifier_skips_the_head_and_frozen_ones():
     frozen = copy.deepcopy(model)
     frozen.stem.conv.weight.requires_grad_(False)
     assert len(parameters_except_classifier(frozen)) == len(params) - 1
+
+
+def test_a_tensor_with_no_clipped_unit_is_not_rewritten():
+    """On CPU the pass is skipped when every unit keeps its gradient (a factor of exactly 1)."""
+    layer = _layer_with_grads()
+    layer.weight.grad[1] = 1e-4                       # now both units are kept
+    version = layer.weight.grad._version
+    assert float(clip_gradients_(layer.parameters())) == 0.0
+    assert layer.weight.grad._version == version
+    clipped = _layer_with_grads()
+    clip_gradients_(clipped.parameters())
+    assert clipped.weight.grad._version > 0          # one clipped unit: the pass runs
