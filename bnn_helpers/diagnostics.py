@@ -86,6 +86,7 @@ __all__ = [
     "signal_summary",
     "logit_variance",
     "batch_coupling",
+    "coupling_table",
     "train_mode_dependence",
     "top1_accuracy",
     "binarization_gap",
@@ -415,6 +416,24 @@ def batch_coupling(model: nn.Module, sample: torch.Tensor, companions_a: torch.T
         a = model(torch.cat([sample, companions_a]))[0]
         b = model(sample if companions_b is None else torch.cat([sample, companions_b]))[0]
     return float((a - b).norm() / a.norm())
+
+
+def coupling_table(models: Mapping[str, nn.Module], sample: torch.Tensor, companions_a: torch.Tensor,
+                   companions_b: torch.Tensor | None = None) -> pd.DataFrame:
+    """:func:`batch_coupling` of several networks in train and in eval mode.
+
+    Returns rows ``"train mode"``, ``"eval mode"`` and one column per entry of
+    ``models``. Each network is measured on a copy; its own train/eval flag is
+    restored afterwards.
+    """
+    table = pd.DataFrame(index=["train mode", "eval mode"], columns=list(models), dtype=float)
+    for label, model in models.items():
+        was_training = model.training
+        for mode in table.index:
+            model.train(mode == "train mode")
+            table.loc[mode, label] = batch_coupling(model, sample, companions_a, companions_b)
+        model.train(was_training)
+    return table
 
 
 def train_mode_dependence(model: nn.Module, batch: torch.Tensor, companions: torch.Tensor) -> dict[str, float]:

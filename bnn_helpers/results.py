@@ -28,7 +28,8 @@ __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_ste
            "share_above_chance", "final_epoch", "outcomes_table", "collect_run", "read_runs", "stats_by_mode", "stats_readings",
            "saturation_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
-           "format_stats_overview", "checkpoint_table", "first_and_last", "key_text", "stats_min", "sweep_tables"]
+           "format_stats_overview", "checkpoint_table", "first_and_last", "key_text", "stats_min", "sweep_tables",
+           "epoch_table", "step2_dips", "mean_best"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -475,3 +476,35 @@ if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
     if len(sys.argv) not in (3, 4):
         sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
     print(collect_run(*sys.argv[1:]))
+
+
+def epoch_table(run_dirs: Mapping[str, str | Path], columns=("val_top1", "val_loss")) -> pd.DataFrame:
+    """Per-epoch columns of several runs side by side: one row per epoch, columns ``"{label} {column}"``.
+
+    ``run_dirs``: ``{label: run folder}`` (each with a ``summary.csv``, one row per
+    epoch of a one-step run). Columns are grouped by ``columns``, then by label, so
+    that e.g. every run's ``val_top1`` stands next to the others'.
+    """
+    logs = {label: pd.read_csv(Path(d) / "summary.csv").set_index("epoch") for label, d in run_dirs.items()}
+    return pd.DataFrame({f"{label} {column}": log[column] for column in columns for label, log in logs.items()})
+
+
+def step2_dips(name: str = "digits_20ep", modes=("bn", "none"), seeds=(0, 1, 2)) -> pd.DataFrame:
+    """Val top-1 lost when step 2 starts, per seed (rows) and mode (columns), in points.
+
+    For each reference run ``{mode}_s{seed}`` of set ``name``: the val top-1 of step 1's
+    last epoch minus that of step 2's first epoch (positive: a drop).
+    """
+    def dip(mode, seed):
+        log = pd.read_csv(results_dir() / name / f"{mode}_s{seed}" / "summary.csv")
+        return log[log.step == 1].val_top1.iloc[-1] - log[log.step == 2].val_top1.iloc[0]
+    return pd.DataFrame({m: [dip(m, s) for s in seeds] for m in modes}, index=pd.Index(list(seeds), name="seed"))
+
+
+def mean_best(best: pd.DataFrame, modes=None, value: str = "best") -> pd.DataFrame:
+    """Mean over seeds of ``value`` (a :func:`best_per_step` column): one row per mode, one column per step.
+
+    ``modes`` keeps (and orders) only those modes; ``None`` keeps all.
+    """
+    table = best.pivot_table(index="mode", columns="step", values=value)
+    return table if modes is None else table.loc[list(modes)]

@@ -47,3 +47,39 @@ def test_lead_per_seed_is_leader_minus_other_per_seed_and_step():
     lead = lead_per_seed(best, "none", "bn")
     assert lead.index.tolist() == [0, 1] and lead.columns.tolist() == [1, 2]
     assert np.allclose(lead.to_numpy(), [[5.0, 5.0], [3.0, 3.0]])
+
+
+def test_coupling_table_train_eval_rows_and_restores_the_mode():
+    import torch
+    from bnn_helpers.diagnostics import coupling_table
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    net.eval()
+    x = torch.randn(9, 3, 5, 5)
+    table = coupling_table({"bn": net, "plain": plain}, x[:1], x[1:5], x[5:9])
+    assert list(table.index) == ["train mode", "eval mode"] and list(table.columns) == ["bn", "plain"]
+    assert table.loc["train mode", "bn"] > 0.01
+    assert table.loc["eval mode", "bn"] < 1e-6 and table["plain"].max() < 1e-6
+    assert not net.training and plain.training   # each network's own flag is back
+
+
+def test_epoch_table_and_step2_dips_and_mean_best(tmp_path, monkeypatch):
+    from bnn_helpers import results as R
+    for label, top1 in (("a", [10.0, 20.0]), ("b", [30.0, 40.0])):
+        (tmp_path / label).mkdir()
+        pd.DataFrame({"epoch": [1, 2], "val_top1": top1, "val_loss": [2.0, 1.0]}).to_csv(tmp_path / label / "summary.csv", index=False)
+    table = R.epoch_table({"a": tmp_path / "a", "b": tmp_path / "b"})
+    assert list(table.columns) == ["a val_top1", "b val_top1", "a val_loss", "b val_loss"]
+    assert table.loc[2, "b val_top1"] == 40.0 and list(table.index) == [1, 2]
+    monkeypatch.setattr(R, "results_dir", lambda: tmp_path)
+    for mode, seed, log in (("bn", 0, [50.0, 60.0, 30.0, 40.0]), ("none", 0, [70.0, 80.0, 75.0, 90.0])):
+        run = tmp_path / "demo" / f"{mode}_s{seed}"
+        run.mkdir(parents=True)
+        pd.DataFrame({"step": [1, 1, 2, 2], "epoch": [1, 2, 1, 2], "val_top1": log}).to_csv(run / "summary.csv", index=False)
+    dips = R.step2_dips("demo", seeds=(0,))
+    assert dips.loc[0, "bn"] == 30.0 and dips.loc[0, "none"] == 5.0
+    best = pd.DataFrame({"mode": ["bn", "bn", "none", "bf"], "seed": [0, 1, 0, 0], "step": [1, 1, 1, 1],
+                         "best": [90.0, 92.0, 95.0, 80.0]})
+    mb = R.mean_best(best, modes=("bn", "none"))
+    assert list(mb.index) == ["bn", "none"] and mb.loc["bn", 1] == 91.0
