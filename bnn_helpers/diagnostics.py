@@ -1126,3 +1126,66 @@ def beta_schedule_table(strides: Sequence[int], alpha: float) -> pd.DataFrame:
     table[PREDICTED_INPUT_VAR] = 1 / table["beta1 published"] ** 2
     return table
 
+
+
+def init_signal_readings(tables: Mapping[str, Mapping[str, pd.DataFrame]], photos: str = "photos",
+                         noise: str = "N(0,1) noise", deep_from: int = 5, positive_from: int = 4) -> pd.Series:
+    """Notebook 05's readings of the fresh networks' signal tables, as named numbers.
+
+    ``tables``: ``{input: {mode: signal_propagation table}}`` with modes ``bn``, ``none``,
+    ``bf`` and the inputs ``photos`` and ``noise``. "both inputs" readings take the
+    extreme over the two inputs; "deep" blocks are ``deep_from``..last, and the bf
+    stream's mean² / variance is read on photos from block ``positive_from`` on.
+    """
+    kinds = (photos, noise)
+    summary = signal_summary({(k, m): tables[k][m] for k in kinds for m in ("bn", "none", "bf")},
+                             names=("input", "mode"))
+    def blocks(kind, mode, first=1):
+        return block_rows(tables[kind][mode], first)
+    bn_branch = pd.concat([blocks(k, "bn")["branch_var"] for k in kinds]).dropna()
+    bf_shrink = [blocks(k, "bf")["avg_var"].iloc[-1] / tables[k]["bf"].set_index("name").loc["stem", "avg_var"]
+                 for k in kinds]
+    deep_noise = blocks(noise, "none", deep_from)[["sign_balance1", "sign_balance2"]]
+    bf_stream = blocks(photos, "bf", positive_from)
+    return pd.Series({
+        "bn, none, both inputs: smallest last-block mean²": float(summary.loc[(list(kinds), ["bn", "none"]), "last block mean²"].min()),
+        "bf, both inputs: largest block mean²": float(summary.xs("bf", level="mode")["max block mean²"].max()),
+        "bn, both inputs: smallest branch variance (3×3 half)": float(bn_branch.min()),
+        "bn, both inputs: largest branch variance (3×3 half)": float(bn_branch.max()),
+        "bf, both inputs: largest last-block / stem variance": float(max(bf_shrink)),
+        f"none on noise, blocks {deep_from}+: smallest share +1 (either sign)": float(deep_noise.min().min()),
+        "none on noise: logit variance across inputs": float(summary.loc[(noise, "none"), "logit variance across inputs"]),
+        "none on photos: last block share +1 (sign 2)": float(summary.loc[(photos, "none"), "last block share +1 (sign 2)"]),
+        "none on photos: logit variance across inputs": float(summary.loc[(photos, "none"), "logit variance across inputs"]),
+        f"bf on photos, blocks {positive_from}+: smallest mean² / variance": float(
+            (bf_stream["avg_sq_mean"] / bf_stream["avg_var"]).min())})
+
+
+def sign_window_readings(seen: Mapping[str, Mapping[str, object]], photos: str = "photos",
+                         noise: str = "N(0,1) noise", mid_from: int = 3, deep_from: int = 5) -> pd.Series:
+    """Notebook 05's readings of what the signs see, as named numbers.
+
+    ``seen``: ``{"<mode> · <input>": sign_inputs(...)}`` for modes ``bn``, ``none``, ``bf``
+    and the inputs ``photos`` and ``noise``. The window is ``|u| < 1``
+    (:func:`sign_input_shares`), the spike ``-1 < u < 0``; "both inputs" readings take the
+    extreme over the two inputs, over blocks ``mid_from``.. ("blocks 3+") or ``deep_from``..
+    """
+    window, spike = sign_input_shares(seen), sign_input_shares(seen, -1.0, 0.0)
+    positive = sign_input_shares(seen, 0.0, np.inf)
+    mid = [b for b in window.columns if int(b[5:]) >= mid_from]
+    deep = [b for b in window.columns if int(b[5:]) >= deep_from]
+    bn = [f"bn · {photos}", f"bn · {noise}"]
+    return pd.Series({
+        f"none on noise, blocks {deep_from}+: largest window share": float(window.loc[f"none · {noise}", deep].max()),
+        f"none on noise, blocks {deep_from}+: smallest share > 0": float(positive.loc[f"none · {noise}", deep].min()),
+        f"none on photos, blocks {deep_from}+: largest window share": float(window.loc[f"none · {photos}", deep].max()),
+        f"bf, both inputs, blocks {mid_from}+: smallest window share": float(
+            window.loc[[f"bf · {photos}", f"bf · {noise}"], mid].min().min()),
+        f"bn, both inputs, blocks {mid_from}+: largest window share": float(window.loc[bn, mid].max().max()),
+        f"bn, both inputs, blocks {mid_from}+: smallest spike / window share": float(
+            (spike.loc[bn, mid] / window.loc[bn, mid]).min().min()),
+        f"bn on photos, blocks {mid_from}+: largest window − spike share": float(
+            (window.loc[bn[0], mid] - spike.loc[bn[0], mid]).max())})
+
+
+__all__ += ["init_signal_readings", "sign_window_readings"]

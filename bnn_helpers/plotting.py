@@ -688,7 +688,8 @@ def plot_weight_histograms(values_by_layer: Mapping[str, np.ndarray], bins: int 
 
 
 def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.ndarray]],
-                               blocks: Sequence[str], bins: int = 61, title: str | None = None):
+                               blocks: Sequence[str], bins: int = 61, title: str | None = None,
+                               sharey: bool = False):
     """Histograms of what the signs see: one row per network, one column per block.
 
     ``inputs_by_label``: ``{label: diagnostics.sign_inputs(model, x)}``. The x axis is
@@ -696,6 +697,8 @@ def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.nda
     clipped identity pass a gradient, shaded; logarithmic outside), so a stream
     that grew by orders of magnitude stays on the page. Each panel's title gives
     the share of inputs inside the window and the share that are positive.
+    ``sharey=True`` gives every panel the same y range (the y ticks are labelled in
+    the first column only), so the heights of the bars compare across panels.
     """
     from .diagnostics import ste_window_share
     if not inputs_by_label or not blocks:
@@ -711,7 +714,8 @@ def plot_sign_input_histograms(inputs_by_label: Mapping[str, Mapping[str, np.nda
     decades = 10.0 ** np.arange(0, math.floor(math.log10(limit)) + 1)
     ticks = np.concatenate([-decades[::-1], [0.0], decades])
     fig, axes = plt.subplots(len(labels), len(blocks), figsize=(2.6 * len(blocks), 2.1 * len(labels)),
-                             squeeze=False, sharex=True, constrained_layout=True)
+                             squeeze=False, sharex=True, sharey="all" if sharey else False,
+                             constrained_layout=True)
     for row, (label, color) in enumerate(zip(labels, _label_colors(labels))):
         for col, block in enumerate(blocks):
             ax, u = axes[row, col], np.asarray(inputs_by_label[label][block], dtype=float)
@@ -889,7 +893,7 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
                         ylabel: str = "validation top-1 (%)", chance: float | None = None,
                         styles: Mapping[str, str] | None = None, ncols: int | None = None,
                         title: str | None = None, colors: Mapping[str, object] | None = None,
-                        sharey: bool = False):
+                        sharey: bool = False, unfinished_notes: Mapping[str, str] | None = None):
     """Several small comparisons of training runs: one panel per ``{panel title: {label: run directory}}``.
 
     Each run contributes ``metric`` per epoch from its ``summary.csv`` (step 1
@@ -899,6 +903,9 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
     horizontal line. Epoch ticks are integers. ``colors`` (``{label:
     matplotlib colour}``) fixes some labels' colours; the others keep the palette.
     ``sharey=True`` gives every panel the same y range (to compare panels by eye).
+    ``unfinished_notes`` (``{label: text}``): a run with no finished epoch whose label
+    is a key gets no (empty) legend entry; its panel says ``"{label}: {text}"`` in its
+    lower right corner instead, e.g. ``{"no AGC": "diverged in epoch 1, not drawn"}``.
     """
     if not panels:
         raise ValueError("plot_run_comparison needs at least one panel: {title: {label: run directory}}")
@@ -918,6 +925,10 @@ def plot_run_comparison(panels: Mapping[str, Mapping[str, str | os.PathLike]], m
                 x = np.arange(1, len(table) + 1)
                 ax.plot(x, table[metric].to_numpy(dtype=float), color=colors[label], linestyle=style,
                         marker="o", markersize=4, label=label)
+            elif label in (unfinished_notes or {}):   # nothing to draw: say so in the panel
+                ax.text(0.97, 0.12, f"{label}: {unfinished_notes[label]}", transform=ax.transAxes, ha="right",
+                        va="bottom", fontsize="x-small", color=colors[label],
+                        bbox=dict(facecolor="white", edgecolor="0.8", boxstyle="round,pad=0.3"))
             else:   # an empty line keeps the run in the legend
                 ax.plot([], [], color=colors[label], linestyle=style, label=f"{label} (no epoch finished)")
         longest = max((len(line.get_xdata()) for line in ax.lines), default=1)

@@ -29,7 +29,7 @@ __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_ste
            "saturation_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
            "format_stats_overview", "checkpoint_table", "first_and_last", "key_text", "stats_min", "sweep_tables",
-           "epoch_table", "step2_dips", "mean_best"]
+           "epoch_table", "step2_dips", "mean_best", "grid_table", "paired_by_seed", "agc_sweep_readings"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -470,14 +470,6 @@ def checkpoint_table(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
-    import sys
-
-    if len(sys.argv) not in (3, 4):
-        sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
-    print(collect_run(*sys.argv[1:]))
-
-
 def epoch_table(run_dirs: Mapping[str, str | Path], columns=("val_top1", "val_loss")) -> pd.DataFrame:
     """Per-epoch columns of several runs side by side: one row per epoch, columns ``"{label} {column}"``.
 
@@ -508,3 +500,65 @@ def mean_best(best: pd.DataFrame, modes=None, value: str = "best") -> pd.DataFra
     """
     table = best.pivot_table(index="mode", columns="step", values=value)
     return table if modes is None else table.loc[list(modes)]
+
+
+def grid_table(measure, index: Mapping, columns: Mapping) -> pd.DataFrame:
+    """``measure(row value, column value)`` for every pair, as a table labelled by the keys.
+
+    ``index`` and ``columns`` map a label to the value passed to ``measure``::
+
+        grid_table(lambda opt, clip: moved(*opt, clip),
+                   {"Adam": (torch.optim.Adam, {"lr": 5e-4})}, {"no AGC": False, "AGC": True})
+
+    gives one row ("Adam") and two columns ("no AGC", "AGC").
+    """
+    return pd.DataFrame([[measure(r, c) for c in columns.values()] for r in index.values()],
+                        index=list(index), columns=list(columns))
+
+
+def paired_by_seed(table: pd.DataFrame, column: str, on: str, off: str,
+                   value: str = "final val top-1 %", difference: str = "on − off") -> pd.DataFrame:
+    """One row per seed of an :func:`outcomes_table` with ``seed`` and ``column`` keys:
+    ``value`` of the run with ``column == on``, of the run with ``column == off``, and
+    their difference (column ``difference``); the column axis is named ``column``."""
+    grid = table.pivot(index="seed", columns=column, values=value)[[on, off]]
+    grid[difference] = grid[on] - grid[off]
+    return grid
+
+
+def agc_sweep_readings(grids: Mapping[str, pd.DataFrame], lam: str, stable=("adam", "sgd"),
+                       high: str = "sgd, high") -> pd.Series:
+    """Notebook 04's readings of its AGC runs, as named numbers to print and assert.
+
+    ``grids``: the ``tables`` of :func:`sweep_tables` (rows: setting, columns: AGC λ as
+    text, ``"off"`` without AGC) with ``final val top-1 %``, ``final train loss``,
+    ``mean clipped share`` and ``outcome``; ``lam`` is the paper's λ as text ("0.02").
+    The ``stable`` settings ("stable runs") are read at ``lam`` and without AGC; the
+    ``high`` setting ("high lr") at every λ of its row (the sweep): "λ ≤ paper's" are the
+    λ up to ``lam``, "largest λ" the sweep's largest.
+    """
+    top1, loss, share, outcome = (grids[k] for k in ("final val top-1 %", "final train loss",
+                                                      "mean clipped share", "outcome"))
+    pair = top1.loc[list(stable), [lam, "off"]]
+    swept = [c for c in top1.columns if c != "off" and pd.notna(top1.loc[high, c])]
+    small = [c for c in swept if float(c) <= float(lam)]
+    largest = max(swept, key=float)
+    at_lam = share.loc[[*stable, high], lam]
+    return pd.Series({
+        "stable runs: lowest final top-1 %": float(pair.min().min()),
+        "stable runs: largest |AGC − no AGC| (pp)": float((pair[lam] - pair["off"]).abs().max()),
+        "high lr, λ ≤ paper's: lowest final top-1 %": float(top1.loc[high, small].min()),
+        "high lr, no AGC: diverged (1 = yes)": float(outcome.loc[high, "off"] == "diverged"),
+        "high lr, λ below the largest: diverged runs": float((outcome.loc[high, [c for c in swept if c != largest]] == "diverged").sum()),
+        "high lr, largest λ: final top-1 %": float(top1.loc[high, largest]),
+        "high lr, largest λ: final train loss": float(loss.loc[high, largest]),
+        "paper's λ: smallest mean clipped share": float(at_lam.min()),
+        "paper's λ: largest mean clipped share": float(at_lam.max())})
+
+
+if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
+    print(collect_run(*sys.argv[1:]))

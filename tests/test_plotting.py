@@ -503,3 +503,14 @@ def test_unitwise_ratios_plot_marks_the_floor_only_when_a_ratio_is_below_it():
     (ax,) = P.plot_unitwise_ratios(below.assign(ratio=[1e-3, 0.1, 1.0]), clip_factor=0.02).axes
     assert not [l for l in ax.lines if l.get_linestyle() == ":"] and not ax.texts
     plt.close("all")
+
+
+def test_run_comparison_unfinished_note_replaces_the_empty_legend_entry(tmp_path):
+    a = write_run(tmp_path / "a", epochs=(2,))
+    (tmp_path / "stopped").mkdir()
+    fig = P.plot_run_comparison({"p": {"on": a, "off": tmp_path / "stopped"}},
+                                unfinished_notes={"off": "diverged in epoch 1"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["on"]
+    assert [t.get_text() for t in ax.texts] == ["off: diverged in epoch 1"]
+    plt.close(fig)

@@ -127,3 +127,34 @@ def test_key_text_writes_run_keys_as_outcomes_table_does():
 def test_stats_min_reads_the_smallest_value_per_run(two_step_stats_run):
     smallest = R.stats_min({"a": two_step_stats_run, "b": str(two_step_stats_run)}, "agc_clip_share")
     assert list(smallest.index) == ["a", "b"] and smallest.tolist() == [0.2, 0.2]
+
+
+def test_grid_table_calls_the_measure_for_every_labelled_pair():
+    grid = R.grid_table(lambda r, c: 10 * r + c, {"a": 1, "b": 2}, {"x": 0, "y": 5})
+    assert list(grid.index) == ["a", "b"] and list(grid.columns) == ["x", "y"]
+    assert grid.loc["b", "y"] == 25 and grid.loc["a", "x"] == 10
+
+
+def test_paired_by_seed_puts_on_off_and_their_difference_side_by_side():
+    table = pd.DataFrame({"seed": ["0", "0", "1", "1"], "AGC λ": ["0.02", "off", "0.02", "off"],
+                          "final val top-1 %": [90.0, 92.0, 88.0, 85.0]})
+    grid = R.paired_by_seed(table, "AGC λ", "0.02", "off", difference="AGC − no AGC")
+    assert list(grid.columns) == ["0.02", "off", "AGC − no AGC"]
+    assert list(grid["AGC − no AGC"]) == [-2.0, 3.0] and grid.columns.name == "AGC λ"
+
+
+def test_agc_sweep_readings_reads_the_grids_by_name():
+    idx, cols = ["adam", "sgd", "sgd, high"], ["0.01", "0.02", "0.16", "off"]
+    nan = float("nan")
+    top1 = pd.DataFrame([[nan, 91.0, nan, 93.0], [nan, 87.0, nan, 86.0], [92.0, 84.0, 9.0, nan]], idx, cols)
+    loss = pd.DataFrame([[nan, 0.3, nan, 0.3], [nan, 0.7, nan, 0.7], [0.5, 0.8, 15.0, nan]], idx, cols)
+    share = pd.DataFrame([[nan, 0.2, nan, nan], [nan, 0.4, nan, nan], [0.5, 0.3, 0.05, nan]], idx, cols)
+    outcome = pd.DataFrame([["-", "finished", "-", "finished"], ["-", "finished", "-", "finished"],
+                            ["finished", "finished", "finished", "diverged"]], idx, cols)
+    r = R.agc_sweep_readings({"final val top-1 %": top1, "final train loss": loss, "mean clipped share": share,
+                              "outcome": outcome}, "0.02")
+    assert r["stable runs: lowest final top-1 %"] == 86.0 and r["stable runs: largest |AGC − no AGC| (pp)"] == 2.0
+    assert r["high lr, λ ≤ paper's: lowest final top-1 %"] == 84.0
+    assert r["high lr, no AGC: diverged (1 = yes)"] == 1.0 and r["high lr, λ below the largest: diverged runs"] == 0.0
+    assert r["high lr, largest λ: final top-1 %"] == 9.0 and r["high lr, largest λ: final train loss"] == 15.0
+    assert (r["paper's λ: smallest mean clipped share"], r["paper's λ: largest mean clipped share"]) == (0.2, 0.4)

@@ -70,3 +70,44 @@ def test_sign_input_shares_counts_values_strictly_inside_the_interval():
     assert below.loc["a", "block1"] == pytest.approx(1 / 6) and below.loc["b", "block1"] == 1.0
     values = np.random.default_rng(0).normal(size=1000)
     assert D.sign_input_shares({"x": {"b": values}}).iloc[0, 0] == pytest.approx(D.ste_window_share(values))
+
+
+def test_plot_sign_input_histograms_sharey_gives_every_panel_one_y_range():
+    rng = np.random.default_rng(0)
+    inputs = {"a": {"block1": rng.normal(size=1000), "block2": np.zeros(1000) + 0.5},
+              "b": {"block1": 50 * rng.normal(size=1000), "block2": rng.normal(size=1000)}}
+    fig = P.plot_sign_input_histograms(inputs, ["block1", "block2"], sharey=True)
+    assert len({ax.get_ylim() for ax in fig.axes}) == 1 and fig.axes[0].get_ylim()[1] >= 1.0
+    plt.close(fig)
+    fig = P.plot_sign_input_histograms(inputs, ["block1", "block2"])
+    assert len({ax.get_ylim() for ax in fig.axes}) > 1
+    plt.close(fig)
+
+
+def _fresh_tables_and_inputs():
+    torch.manual_seed(0)
+    inputs = {"photos": torch.randn(4, 3, 32, 32) + 0.5, "N(0,1) noise": torch.randn(4, 3, 32, 32)}
+    tables, seen = {k: {} for k in inputs}, {}
+    for norm in ("bn", "none", "bf"):
+        torch.manual_seed(0)
+        model = create_model(f"reactnet_a_{norm}", binary_weights=True, width_mult=0.25).train()
+        for kind, x in inputs.items():
+            tables[kind][norm] = D.signal_propagation(model, x)
+            seen[f"{norm} · {kind}"] = D.sign_inputs(model, x)
+    return tables, seen
+
+
+def test_init_and_window_readings_agree_with_the_tables_they_read():
+    tables, seen = _fresh_tables_and_inputs()
+    r = D.init_signal_readings(tables)
+    bf = D.block_rows(tables["photos"]["bf"], 4)
+    assert r["bf on photos, blocks 4+: smallest mean² / variance"] == pytest.approx((bf.avg_sq_mean / bf.avg_var).min())
+    last = [D.block_rows(tables[k][m]).avg_sq_mean.iloc[-1] for k in tables for m in ("bn", "none")]
+    assert r["bn, none, both inputs: smallest last-block mean²"] == pytest.approx(min(last))
+    assert r["bn, both inputs: smallest branch variance (3×3 half)"] <= r["bn, both inputs: largest branch variance (3×3 half)"]
+    w = D.sign_window_readings(seen)
+    window = D.sign_input_shares(seen)
+    mid = [f"block{i}" for i in range(3, 14)]
+    assert w["bf, both inputs, blocks 3+: smallest window share"] == pytest.approx(
+        window.loc[["bf · photos", "bf · N(0,1) noise"], mid].min().min())
+    assert 0.0 <= w["none on noise, blocks 5+: smallest share > 0"] <= 1.0 and len(w) == 7
