@@ -503,3 +503,14 @@ def test_unitwise_ratios_plot_marks_the_floor_only_when_a_ratio_is_below_it():
     (ax,) = P.plot_unitwise_ratios(below.assign(ratio=[1e-3, 0.1, 1.0]), clip_factor=0.02).axes
     assert not [l for l in ax.lines if l.get_linestyle() == ":"] and not ax.texts
     plt.close("all")
+
+
+def test_plot_evaluation_bars_wraps_group_labels():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from bnn_helpers.plotting import plot_evaluation_bars
+    table = pd.DataFrame({"eval": [50.0, 60.0]}, index=["bn, step 1, trained at batch 4", "bf"])
+    fig = plot_evaluation_bars(table, chance=10, wrap=20)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["bn, step 1, trained\nat batch 4", "bf"]
+    plt.close(fig)
