@@ -1153,7 +1153,7 @@ def step2_start(runs: Mapping, summary: pd.DataFrame, x: torch.Tensor, y: torch.
     """
     from .checkpoints import load_trained
 
-    by_epoch = summary.set_index(["mode", "seed", "step", "epoch"])["val_top1"]
+    by_epoch = summary.set_index(["mode", "seed", "step", "epoch"]).sort_index()["val_top1"]
     rows = []
     for (mode, seed), run_dir in runs.items():
         fresh = load_trained(run_dir, step=1, binary_weights=True)
