@@ -108,6 +108,13 @@ __all__ = [
     "unitwise_ratios",
     "unitwise_summary",
     "sign_shares",
+    "init_signal_readings",
+    "sign_window_readings",
+    "block_and_logits",
+    "logit_variance_by_state",
+    "step2_start",
+    "evaluate_ways",
+    "coupling_by_mode",
     "ste_window_share",
     "ste_window_shares",
     "sign_inputs",
@@ -1188,4 +1195,87 @@ def sign_window_readings(seen: Mapping[str, Mapping[str, object]], photos: str =
             (window.loc[bn[0], mid] - spike.loc[bn[0], mid]).max())})
 
 
-__all__ += ["init_signal_readings", "sign_window_readings"]
+
+
+# --------------------------------------------------------------------------
+# notebook 06: small named tables
+# --------------------------------------------------------------------------
+def block_and_logits(tables_by_label: Mapping[str, pd.DataFrame], block: str = "block13",
+                     quantities=("avg_sq_mean", "avg_var", "branch_var")) -> pd.DataFrame:
+    """One row per :func:`signal_propagation` table: ``quantities`` at ``block`` and the logit variance.
+
+    The logit variance is ``avg_var`` of the ``head`` row (the variance of each logit across the
+    inputs, averaged over the logits). Rows keep the labels of ``tables_by_label``.
+    """
+    table = pd.DataFrame({q: signal_by_position(tables_by_label, q).loc[block] for q in quantities})
+    table["logit variance"] = signal_by_position(tables_by_label, "avg_var").loc["head"]
+    return table
+
+
+def logit_variance_by_state(start: Mapping[str, pd.DataFrame], step2: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Logit variance per mode in three states: step 1 at init, step 2 freshly built, step 2 trained.
+
+    ``start`` and ``step2``: :func:`signal_at_init_and_trained` tables (labels ``"{mode} · init"``,
+    ``"{mode} · trained"``) of the step-1 and of the step-2 networks. Returns one row per mode,
+    columns ``step 1, init`` (where training starts), ``step 2, fresh (init)`` and ``step 2, trained``.
+    """
+    def head(tables, state):
+        values = signal_by_position(tables, "avg_var").loc["head"]
+        values = values[values.index.str.endswith(f" · {state}")]
+        return values.rename(lambda label: label.split(" · ")[0])
+
+    return pd.DataFrame({"step 1, init": head(start, "init"), "step 2, fresh (init)": head(step2, "init"),
+                         "step 2, trained": head(step2, "trained")}).rename_axis("mode")
+
+
+def step2_start(runs: Mapping, summary: pd.DataFrame, x: torch.Tensor, y: torch.Tensor,
+                fresh_stats_mode: str = "bn") -> pd.DataFrame:
+    """Val top-1 (%) of each mode around the moment step 2 binarizes the weights, mean over seeds.
+
+    ``runs``: ``{(mode, seed): run directory}`` of ``step: both`` runs; ``summary``: their
+    ``read_runs(runs, keys=("mode", "seed"))``. Columns: ``step 1 best`` (best step-1 epoch),
+    ``binarized, eval mode`` (step 1's best checkpoint loaded into the step-2 network, before any
+    step-2 training, BN with running statistics), ``binarized, train-mode BN`` (the same with each
+    batch of 64's own statistics; ``fresh_stats_mode`` only, NaN for the others) and
+    ``after 1 epoch of step 2``. One row per mode, in order of first appearance in ``runs``.
+    """
+    from .checkpoints import load_trained
+
+    by_epoch = summary.set_index(["mode", "seed", "step", "epoch"]).sort_index()["val_top1"]
+    rows = []
+    for (mode, seed), run_dir in runs.items():
+        fresh = load_trained(run_dir, step=1, binary_weights=True)
+        rows.append({"mode": mode, "step 1 best": by_epoch[mode, seed, 1].max(),
+                     "binarized, eval mode": top1_accuracy(fresh, x, y),
+                     "binarized, train-mode BN": (top1_accuracy(fresh, x, y, train_mode=True)
+                                                  if mode == fresh_stats_mode else np.nan),
+                     "after 1 epoch of step 2": by_epoch[mode, seed, 2, 1]})
+    return pd.DataFrame(rows).groupby("mode", sort=False).mean()
+
+
+def evaluate_ways(nets: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                  ways: Mapping[str, tuple]) -> pd.DataFrame:
+    """Top-1 (%) of each network evaluated several ways: one row per network, one column per way.
+
+    ``ways``: ``{name: (batch size, train_mode)}``; in train mode BN normalizes each batch with
+    its own statistics (:func:`top1_accuracy`). Rows keep the keys of ``nets``.
+    """
+    return pd.DataFrame({name: {label: top1_accuracy(net, x, y, size, train_mode=train)
+                                for label, net in nets.items()}
+                         for name, (size, train) in ways.items()}).rename_axis("network")
+
+
+def coupling_by_mode(nets: Mapping[str, nn.Module], sample: torch.Tensor, companions_a: torch.Tensor,
+                     companions_b: torch.Tensor) -> pd.DataFrame:
+    """:func:`batch_coupling` of each network in train mode and in eval mode: one row per network.
+
+    Columns ``train mode (batch stats)`` (BN normalizes with the batch's statistics) and
+    ``eval mode (running stats)``. The networks' own train/eval flags are left as they were.
+    """
+    rows = {}
+    for name, net in nets.items():
+        was_training = net.training
+        rows[name] = {"train mode (batch stats)": batch_coupling(net.train(), sample, companions_a, companions_b),
+                      "eval mode (running stats)": batch_coupling(net.eval(), sample, companions_a, companions_b)}
+        net.train(was_training)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("mode")

@@ -467,14 +467,19 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
 
 
 def plot_evaluation_bars(table: pd.DataFrame, title: str | None = None, ylabel: str = "val top-1 (%)",
-                         chance: float | None = None, legend_title: str | None = None):
+                         chance: float | None = None, legend_title: str | None = None,
+                         wrap: int | None = None):
     """Grouped bars: one group per row of ``table`` (its index labels the x axis), one bar per column.
 
     The bars use a neutral grey palette, so they do not borrow the colours that
     mean a normalization mode elsewhere in the series. ``chance`` (in %) draws a
     labelled dash-dot line; the y axis runs from 0 to 100. One legend (titled
-    ``legend_title``) sits right of the axes, clear of the bars.
+    ``legend_title``) sits right of the axes, clear of the bars. ``wrap``: break
+    the group labels into lines of at most that many characters.
     """
+    if wrap:
+        import textwrap
+        table = table.rename(index=lambda label: textwrap.fill(str(label), wrap))
     fig, ax = plt.subplots(figsize=(10, 3.8), layout="constrained")
     greys = [str(g) for g in np.linspace(0.2, 0.8, table.shape[1]).round(2)]
     table.plot.bar(ax=ax, rot=0, color=greys, edgecolor="0.1", linewidth=0.5)

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -29,7 +30,8 @@ __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_ste
            "saturation_readings", "mode_gaps",
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
            "format_stats_overview", "checkpoint_table", "first_and_last", "key_text", "stats_min", "sweep_tables",
-           "epoch_table", "step2_dips", "mean_best", "grid_table", "paired_by_seed", "agc_sweep_readings"]
+           "epoch_table", "step2_dips", "mean_best", "grid_table", "paired_by_seed", "agc_sweep_readings",
+           "mode_progress", "first_above"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -562,3 +564,34 @@ if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
     if len(sys.argv) not in (3, 4):
         sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
     print(collect_run(*sys.argv[1:]))
+
+
+def mode_progress(summary: pd.DataFrame, order=None) -> pd.DataFrame:
+    """How far each mode got in a set of two-step runs, one row per mode (notebook 06, section 3).
+
+    ``summary``: ``read_runs(runs, keys=("mode", "seed"))`` (columns mode, seed, step, epoch,
+    val_top1). Columns, val top-1 in % and gaps in points:
+
+    * ``worst run``: the lowest best-of-step val top-1 over all seeds and both steps;
+    * ``step-1 best``: the best step-1 val top-1, mean over seeds;
+    * ``step-1 above bn``: that minus ``bn``'s (NaN without a ``bn`` row);
+    * ``step-2 gain``: last minus first step-2 epoch, mean over seeds (still rising if > 0).
+
+    ``order`` lists the modes in display order.
+    """
+    best = summary.groupby(["mode", "seed", "step"])["val_top1"].max()
+    step1 = best.xs(1, level="step").groupby("mode").mean()
+    step2 = summary[summary["step"] == 2].sort_values("epoch").groupby(["mode", "seed"])["val_top1"]
+    table = pd.DataFrame({"worst run": best.groupby("mode").min(), "step-1 best": step1,
+                          "step-1 above bn": step1 - step1.get("bn", np.nan),
+                          "step-2 gain": (step2.last() - step2.first()).groupby("mode").mean()})
+    return table.reindex(list(order)) if order is not None else table
+
+
+def first_above(per_epoch: pd.Series, threshold: float) -> tuple:
+    """``(epoch, value)`` of the first epoch whose value exceeds ``threshold``; ``(nan, nan)`` if none does.
+
+    ``per_epoch``: e.g. val top-1 indexed by epoch, in epoch order.
+    """
+    above = per_epoch[per_epoch > threshold]
+    return (above.index[0], above.iloc[0]) if len(above) else (np.nan, np.nan)

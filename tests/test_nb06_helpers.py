@@ -167,3 +167,89 @@ def test_saturation_readings_hold_on_notebook_06s_numbers_and_fail_when_one_does
     failed = saturation_readings(stream, broken, plus)
     assert not failed["trained none and bf: > 1/2 in window, all blocks"]
     assert failed[[k for k in failed.index if "stream" in k or "+1" in k]].all()
+
+
+def two_step_summary():
+    """read_runs-like rows: two modes, two seeds, two epochs per step."""
+    rows = []
+    for mode, base in (("bn", 20.0), ("bf", 80.0)):
+        for seed in (0, 1):
+            for step in (1, 2):
+                for epoch in (1, 2):
+                    rows.append((mode, seed, step, epoch, base + 10 * (step - 1) + 2 * epoch + seed))
+    return pd.DataFrame(rows, columns=["mode", "seed", "step", "epoch", "val_top1"])
+
+
+def test_mode_progress_worst_run_step1_gap_and_step2_gain():
+    from bnn_helpers.results import mode_progress
+    table = mode_progress(two_step_summary(), order=["bn", "bf"])
+    assert list(table.index) == ["bn", "bf"]
+    assert table.loc["bn", "worst run"] == 24.0                 # seed 0, step 1, best epoch
+    assert table.loc["bn", "step-1 best"] == 24.5 and table.loc["bf", "step-1 above bn"] == 60.0
+    assert table.loc["bn", "step-1 above bn"] == 0.0 and (table["step-2 gain"] == 2.0).all()
+
+
+def test_first_above_returns_epoch_and_value_or_nan():
+    from bnn_helpers.results import first_above
+    top1 = pd.Series([10.0, 35.0, 41.0, 50.0], index=[1, 2, 3, 4])
+    assert first_above(top1, 40.0) == (3, 41.0)
+    epoch, value = first_above(top1, 60.0)
+    assert np.isnan(epoch) and np.isnan(value)
+
+
+def test_block_and_logits_and_logit_variance_by_state():
+    from bnn_helpers.diagnostics import block_and_logits, logit_variance_by_state
+
+    def table(scale):
+        return pd.DataFrame({"name": ["stem", "block13", "head"], "avg_sq_mean": [1.0, 2 * scale, 0.0],
+                             "avg_var": [1.0, 3 * scale, 5 * scale], "branch_var": [0.0, scale, np.nan]})
+    step2 = {"bn · init": table(1.0), "bn · trained": table(2.0)}
+    start = {"bn · init": table(0.5), "bn · trained": table(4.0)}
+    rows = block_and_logits(step2)
+    assert list(rows.index) == ["bn · init", "bn · trained"]
+    assert rows.loc["bn · trained", "avg_var"] == 6.0 and rows.loc["bn · init", "logit variance"] == 5.0
+    states = logit_variance_by_state(start, step2)
+    assert states.loc["bn"].tolist() == [2.5, 5.0, 10.0]
+    assert list(states.columns) == ["step 1, init", "step 2, fresh (init)", "step 2, trained"]
+
+
+def test_evaluate_ways_one_row_per_network_one_column_per_way():
+    from bnn_helpers.diagnostics import evaluate_ways
+    torch.manual_seed(0)
+    x = torch.randn(12, 3)
+    right, wrong = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    y = right(x).argmax(1).detach()
+    with torch.no_grad():
+        wrong.weight.copy_(-right.weight)
+        wrong.bias.copy_(-right.bias)
+    table = evaluate_ways({"right": right, "wrong": wrong}, x, y, {"eval, batch 4": (4, False), "train, batch 1": (1, True)})
+    assert list(table.index) == ["right", "wrong"] and list(table.columns) == ["eval, batch 4", "train, batch 1"]
+    assert (table.loc["right"] == 100.0).all() and (table.loc["wrong"] == 0.0).all()
+
+
+def test_step2_start_means_over_seeds(monkeypatch):
+    import bnn_helpers.checkpoints as checkpoints
+    from bnn_helpers.diagnostics import step2_start
+    x, y = torch.zeros(4, 2), torch.tensor([0, 0, 1, 1])
+
+    class Constant(torch.nn.Module):      # predicts class 0 for every input: 50 % top-1
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0]]).expand(len(x), 2)
+    monkeypatch.setattr(checkpoints, "load_trained", lambda run_dir, step, binary_weights: Constant())
+    runs = {(mode, seed): f"{mode}{seed}" for seed in (0, 1) for mode in ("bn", "bf")}
+    table = step2_start(runs, two_step_summary(), x, y)
+    assert list(table.index) == ["bn", "bf"]
+    assert table.loc["bn", "step 1 best"] == 24.5 and table.loc["bf", "after 1 epoch of step 2"] == 92.5
+    assert table.loc["bn", "binarized, eval mode"] == 50.0 and np.isnan(table.loc["bf", "binarized, train-mode BN"])
+
+
+def test_coupling_by_mode_bn_couples_in_train_mode_only():
+    from bnn_helpers.diagnostics import coupling_by_mode
+    torch.manual_seed(0)
+    bn = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(9, 3)
+    table = coupling_by_mode({"bn": bn, "plain": plain}, x[:1], x[1:5], 3 * x[5:9])
+    assert list(table.columns) == ["train mode (batch stats)", "eval mode (running stats)"]
+    assert table.loc["bn", "train mode (batch stats)"] > 0.01 and table.loc["bn", "eval mode (running stats)"] < 1e-6
+    assert table.loc["plain"].max() < 1e-6 and bn.training   # the network's own flag is restored

@@ -513,4 +513,14 @@ def test_run_comparison_unfinished_note_replaces_the_empty_legend_entry(tmp_path
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["on"]
     assert [t.get_text() for t in ax.texts] == ["off: diverged in epoch 1"]
+
+
+def test_plot_evaluation_bars_wraps_group_labels():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from bnn_helpers.plotting import plot_evaluation_bars
+    table = pd.DataFrame({"eval": [50.0, 60.0]}, index=["bn, step 1, trained at batch 4", "bf"])
+    fig = plot_evaluation_bars(table, chance=10, wrap=20)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["bn, step 1, trained\nat batch 4", "bf"]
     plt.close(fig)
