@@ -1107,3 +1107,23 @@ def beta_schedule_table(strides: Sequence[int], alpha: float) -> pd.DataFrame:
     table[PREDICTED_INPUT_VAR] = 1 / table["beta1 published"] ** 2
     return table
 
+
+def packed_equality_table(models: dict, packs: dict, images: torch.Tensor, labels: torch.Tensor,
+                          logit_rtol: float = 1e-5):
+    """:func:`compare_packed` for every network of ``models`` (``{norm: model}``, packed in ``packs``).
+
+    Returns ``(table, results)``: one row per norm with the counts of
+    :func:`compare_packed` plus ``RSign ties (exact 0)`` (:func:`count_sign_ties`),
+    and ``{norm: per-image results}`` for :func:`describe_flips`.
+    """
+    rows, results = {}, {}
+    for norm, model in models.items():
+        row, results[norm] = compare_packed(model, packs[norm], images, labels, logit_rtol)
+        rows[norm] = {**row, "RSign ties (exact 0)": count_sign_ties(model, images)["zeros"]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("norm"), results
+
+
+def mode_dependence_table(models: dict, batch: torch.Tensor, companions: torch.Tensor):
+    """:func:`train_mode_dependence` of every network of ``models`` (``{norm: model}``): one row per norm."""
+    return pd.DataFrame.from_dict({norm: train_mode_dependence(model, batch, companions)
+                                   for norm, model in models.items()}, orient="index").rename_axis("norm")

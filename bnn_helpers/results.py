@@ -104,6 +104,16 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
 
 
+def step_top1(runs: pd.DataFrame, by=("norm",)) -> pd.DataFrame:
+    """Best and last-epoch val top-1 per run and training step, rounded to 0.1 point.
+
+    ``runs``: :func:`read_runs` output (one row per epoch). Index (``by``...,
+    ``step``); columns ``best_val_top1`` and ``last_val_top1``.
+    """
+    grouped = runs.groupby([*by, "step"])
+    return grouped.agg(best_val_top1=("val_top1", "max"), last_val_top1=("val_top1", "last")).round(1)
+
+
 def lead_per_seed(best: pd.DataFrame, leader: str, other: str, value: str = "best") -> pd.DataFrame:
     """``leader``'s ``value`` minus ``other``'s, one row per seed, one column per step (points).
 
