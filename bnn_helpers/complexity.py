@@ -57,7 +57,7 @@ from .models.reactnet_a import ReActBlockA, ReActNetA
 
 __all__ = ["LayerCost", "layer_costs", "complexity_table", "total_complexity", "stage_table", "published_comparison",
            "format_table", "print_summary", "COST_COLUMNS", "inference_op_table", "op_difference", "OP_KINDS",
-           "size_table"]
+           "size_table", "real_ops_by_part", "folding_summary", "size_overview", "size_readings"]
 
 BITS_PER_REAL = 32
 _COUNTED = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -421,13 +421,14 @@ def inference_op_table(model: nn.Module, input_size=(3, 224, 224)) -> pd.DataFra
 
 
 def op_difference(ops: pd.DataFrame, minuend: str = "bn", subtrahend: str = "bf",
-                  stage: str = "folded") -> pd.DataFrame:
+                  stage: str = "folded", nonzero_only: bool = False) -> pd.DataFrame:
     """Per part and kind of operation, ``minuend``'s count minus ``subtrahend``'s at ``stage``.
 
     ``ops``: :func:`inference_op_table` of both networks, concatenated (column
     ``norm`` tells them apart). Index = part (stem, block1, ..., head, in table
     order), columns = ``bops``, the :data:`OP_KINDS` and ``real_ops``. A row of
-    zeros means the two networks do the same operations in that part.
+    zeros means the two networks do the same operations in that part;
+    ``nonzero_only=True`` keeps only the parts where they differ.
     """
     columns = ["bops", *OP_KINDS, "real_ops"]
     sides = []
@@ -438,7 +439,54 @@ def op_difference(ops: pd.DataFrame, minuend: str = "bn", subtrahend: str = "bf"
         sides.append(part.set_index("part")[columns])
     if list(sides[0].index) != list(sides[1].index):
         raise ValueError("the two networks have different parts; compare the same architecture")
-    return sides[0] - sides[1]
+    diff = sides[0] - sides[1]
+    return diff[(diff != 0).any(axis=1)] if nonzero_only else diff
+
+
+def real_ops_by_part(ops: pd.DataFrame) -> pd.DataFrame:
+    """Real-valued operations per image, one row per part, one column per (norm, stage).
+
+    ``ops``: :func:`inference_op_table` of one or more networks, concatenated.
+    Rows in table order (stem, block1, ..., head); columns a (``norm``,
+    ``stage``) MultiIndex, e.g. ``("bf", "folded")``.
+    """
+    return ops.pivot_table(index="part", columns=["norm", "stage"], values="real_ops", sort=False)
+
+
+def folding_summary(ops: pd.DataFrame) -> pd.DataFrame:
+    """What folding removes, per network: one row per ``norm`` of ``ops`` (:func:`inference_op_table`).
+
+    Columns, in millions per image: ``float M`` and ``folded M`` (real-valued
+    operations of the float simulation and after ``pack``), ``folded in blocks M``
+    (the folded ones inside the binary blocks, stem and head left out),
+    ``BOPs/64 M`` (ReActNet's way of counting the binary ops); ``removed %``
+    (share of the real operations that folding removes); ``blocks`` and
+    ``blocks with fewer ops`` (how many blocks folding makes cheaper).
+    """
+    rows = {}
+    for norm, table in ops.groupby("norm", sort=False):
+        before, after = (table[table["stage"] == s].set_index("part") for s in ("float", "folded"))
+        blocks = after.index.str.startswith("block")
+        rows[norm] = {"float M": before["real_ops"].sum() / 1e6, "folded M": after["real_ops"].sum() / 1e6,
+                      "folded in blocks M": after["real_ops"][blocks].sum() / 1e6,
+                      "BOPs/64 M": after["bops"].sum() / 64e6,
+                      "removed %": 100 * (1 - after["real_ops"].sum() / before["real_ops"].sum()),
+                      "blocks": int(blocks.sum()),
+                      "blocks with fewer ops": int((after["real_ops"][blocks] < before["real_ops"][blocks]).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("norm")
+
+
+def size_overview(sizes: pd.DataFrame) -> pd.DataFrame:
+    """The columns of a :func:`size_table` that the size discussion reads, with short names.
+
+    Index (``model``, ``norm``); columns ``float32 MB``, ``packed MB`` and the
+    packed file's parts ``binary bits MB``, ``stem + classifier MB`` (float32)
+    and ``constants MB`` (per-channel), then ``float32 / packed``.
+    """
+    columns = {"float32 MB": "float32 MB", "packed MB": "packed MB", "binary weight bits MB": "binary bits MB",
+               "stem + classifier (float32) MB": "stem + classifier MB",
+               "per-channel constants MB": "constants MB", "float32 / packed": "float32 / packed"}
+    return sizes.set_index(["model", "norm"])[list(columns)].rename(columns=columns)
 
 
 def size_table(nets: dict, packs: dict, resolution: int, label: str) -> pd.DataFrame:
@@ -464,7 +512,7 @@ def size_table(nets: dict, packs: dict, resolution: int, label: str) -> pd.DataF
     return table
 
 
-def size_readings(sizes: pd.DataFrame) -> pd.DataFrame:
+def size_readings(sizes: pd.DataFrame, numeric_checks: bool = False) -> pd.DataFrame:
     """One row per model of a ``size_table`` (or several, concatenated) with both modes ``bf`` and ``bn``.
 
     Columns: ``bf ratio`` and ``bn ratio`` (float32 / packed); for ``bf`` the
@@ -476,6 +524,11 @@ def size_readings(sizes: pd.DataFrame) -> pd.DataFrame:
     ``bn float32 larger`` (BN's parameters before folding) and
     ``within accounting`` (every packed size at most 5 % above the usual
     1 bit per binary + 32 bits per real parameter).
+
+    ``numeric_checks=True`` gives the numbers behind the three checks instead:
+    ``bn − bf packed parts MB`` (largest difference of the packed parts; 0 when
+    they are the same), ``bn − bf float32 MB`` and ``packed / accounting``
+    (largest packed size over that accounting).
     """
     parts = ["binary weight bits MB", "stem + classifier (float32) MB", "per-channel constants MB"]
     rows = {}
@@ -488,4 +541,10 @@ def size_readings(sizes: pd.DataFrame) -> pd.DataFrame:
                        "same packed parts": bool((bf[parts] == bn[parts]).all()),
                        "bn float32 larger": bool(bn["float32 MB"] > bf["float32 MB"]),
                        "within accounting": bool((t["packed MB"] <= 1.05 * t["1 bit/binary + 32 bit/real MB"]).all())}
+        if numeric_checks:
+            for key in ("same packed parts", "bn float32 larger", "within accounting"):
+                del rows[label][key]
+            rows[label].update({"bn − bf packed parts MB": float((bn[parts] - bf[parts]).abs().max()),
+                                "bn − bf float32 MB": bn["float32 MB"] - bf["float32 MB"],
+                                "packed / accounting": float((t["packed MB"] / t["1 bit/binary + 32 bit/real MB"]).max())})
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -19,7 +19,7 @@ import yaml
 
 __all__ = ["TrainError", "DivergedError", "CorruptCheckpointError", "RefusedCheckpointError", "DEFAULTS",
            "load_config", "resolve_config", "parse_cli_overrides", "run_dir_of", "describe_keys",
-           "checkpoint_load_error", "checkpoint_damage", "is_float_model", "steps_of", "PUBLISHED_RECIPE", "recipe_rows"]
+           "checkpoint_load_error", "checkpoint_damage", "is_float_model", "steps_of", "PUBLISHED_RECIPE", "recipe_rows", "differing_keys"]
 
 
 class TrainError(Exception):
@@ -341,3 +341,12 @@ def recipe_rows(cfg: dict) -> list[dict]:
     """:data:`PUBLISHED_RECIPE` beside a resolved config: setting, published, config key/value, matches."""
     return [{"setting": what, "published": value, "config key": key, "config value": cfg.get(key),
              "matches": cfg.get(key) == expected} for what, value, key, expected in PUBLISHED_RECIPE]
+
+
+def differing_keys(configs: dict) -> list[str]:
+    """The keys whose values differ between the resolved configs of ``configs`` (``{label: cfg}``), sorted.
+
+    Values are compared by ``repr``, so ``1`` and ``1.0`` count as different.
+    """
+    keys = set().union(*(cfg.keys() for cfg in configs.values()))
+    return sorted(key for key in keys if len({repr(cfg.get(key)) for cfg in configs.values()}) > 1)

@@ -126,8 +126,7 @@ __all__ = [
     "logits_in_batches",
     "beta_schedule_table",
     "PREDICTED_INPUT_VAR",
-    "sign_input_shares",
-]
+    "sign_input_shares", "packed_equality_table", "mode_dependence_table"]
 
 
 # --------------------------------------------------------------------------
@@ -1279,3 +1278,24 @@ def coupling_by_mode(nets: Mapping[str, nn.Module], sample: torch.Tensor, compan
                       "eval mode (running stats)": batch_coupling(net.eval(), sample, companions_a, companions_b)}
         net.train(was_training)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("mode")
+
+
+def packed_equality_table(models: dict, packs: dict, images: torch.Tensor, labels: torch.Tensor,
+                          logit_rtol: float = 1e-5):
+    """:func:`compare_packed` for every network of ``models`` (``{norm: model}``, packed in ``packs``).
+
+    Returns ``(table, results)``: one row per norm with the counts of
+    :func:`compare_packed` plus ``RSign ties (exact 0)`` (:func:`count_sign_ties`),
+    and ``{norm: per-image results}`` for :func:`describe_flips`.
+    """
+    rows, results = {}, {}
+    for norm, model in models.items():
+        row, results[norm] = compare_packed(model, packs[norm], images, labels, logit_rtol)
+        rows[norm] = {**row, "RSign ties (exact 0)": count_sign_ties(model, images)["zeros"]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("norm"), results
+
+
+def mode_dependence_table(models: dict, batch: torch.Tensor, companions: torch.Tensor):
+    """:func:`train_mode_dependence` of every network of ``models`` (``{norm: model}``): one row per norm."""
+    return pd.DataFrame.from_dict({norm: train_mode_dependence(model, batch, companions)
+                                   for norm, model in models.items()}, orient="index").rename_axis("norm")

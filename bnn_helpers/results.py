@@ -31,7 +31,7 @@ __all__ = ["REFERENCE_SETS", "results_dir", "load_reference_runs", "best_per_ste
            "panel_runs", "pivot_tables", "format_tables", "stats_overview",
            "format_stats_overview", "checkpoint_table", "first_and_last", "key_text", "stats_min", "sweep_tables",
            "epoch_table", "step2_dips", "mean_best", "grid_table", "paired_by_seed", "agc_sweep_readings",
-           "mode_progress", "first_above"]
+           "mode_progress", "first_above", "step_top1"]
 
 # Sets the repository ships, and the file every run of the set must have.
 REFERENCE_SETS = {"digits_20ep": "summary.csv", "photos_grid": "summary.csv"}
@@ -105,6 +105,16 @@ def best_per_step(summary: pd.DataFrame, by=("mode", "seed")) -> pd.DataFrame:
     ordered = summary.sort_values(["run", "step", "epoch"])
     grouped = ordered.groupby([*by, "step"])["val_top1"]
     return pd.DataFrame({"best": grouped.max(), "last": grouped.last()}).reset_index()
+
+
+def step_top1(runs: pd.DataFrame, by=("norm",)) -> pd.DataFrame:
+    """Best and last-epoch val top-1 per run and training step, rounded to 0.1 point.
+
+    ``runs``: :func:`read_runs` output (one row per epoch). Index (``by``...,
+    ``step``); columns ``best_val_top1`` and ``last_val_top1``.
+    """
+    grouped = runs.groupby([*by, "step"])
+    return grouped.agg(best_val_top1=("val_top1", "max"), last_val_top1=("val_top1", "last")).round(1)
 
 
 def lead_per_seed(best: pd.DataFrame, leader: str, other: str, value: str = "best") -> pd.DataFrame:
