@@ -124,7 +124,7 @@ __all__ = [
     "describe_flips",
     "signal_at_init_and_trained",
     "logits_in_batches",
-    "beta_schedule_table",
+    "beta_schedule_table", "readable_beta_table",
     "PREDICTED_INPUT_VAR",
     "sign_input_shares", "packed_equality_table", "mode_dependence_table"]
 
@@ -1131,6 +1131,21 @@ def beta_schedule_table(strides: Sequence[int], alpha: float) -> pd.DataFrame:
                          index=pd.Index(range(1, len(strides) + 1), name="block"))
     table[PREDICTED_INPUT_VAR] = 1 / table["beta1 published"] ** 2
     return table
+
+
+def readable_beta_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`beta_schedule_table` for reading, in the prose's β (a standard deviation, ≥ 1).
+
+    The code's multipliers are renamed for what they are, ``1/β₁ published`` ... ``1/β₂ nf``
+    (``beta1`` = 1/β₁, ``beta2`` = 1/β₂), and two columns of the published schedule follow:
+    ``β₁ published`` (the predicted standard deviation at the block's input) and
+    ``β₁² published`` (the predicted variance, :data:`PREDICTED_INPUT_VAR`).
+    """
+    shown = table.drop(columns=PREDICTED_INPUT_VAR).rename(
+        columns=lambda c: c.replace("beta1", "1/β₁").replace("beta2", "1/β₂"))
+    shown["β₁ published"] = 1 / table["beta1 published"]
+    shown["β₁² published"] = table[PREDICTED_INPUT_VAR]
+    return shown
 
 
 

@@ -978,6 +978,22 @@ def plot_variance_prediction(toy: pd.DataFrame, network: pd.DataFrame, title: st
                                       title=title)
 
 
+def plot_slope_grid(grid: pd.DataFrame, title: str | None = None):
+    """Notebook 03's α × trunk-slope grid: one linear panel per α, one legend below them.
+
+    ``grid``: a :func:`prediction_table` with one panel per α and one series per trunk
+    slope, labelled ``"trunk slope s = {s:g}"``. The ``s = 0.25`` series takes the colour
+    the PReLU-trunk toy gets in :func:`plot_variance_prediction` (the same toy at α = 0.2),
+    ``s = 1`` (an identity trunk with a sign branch) a colour of its own, ``s = 0.5`` grey;
+    other slopes (a slider's) take :func:`series_colors`' defaults.
+    """
+    toy_colors = series_colors(["identity toy", "PReLU toy"])       # the order of plot_variance_prediction's toy
+    colors = {"trunk slope s = 0.25": toy_colors["PReLU toy"], "trunk slope s = 0.5": "0.55", "trunk slope s = 1": "C9"}
+    return plot_predicted_vs_measured(grid, xlabel="block index l (0: input)", ylabel="trunk variance (a.u.)", log=False,
+                                      legend="figure", colors=colors, title=title)
+
+
+__all__ += ["plot_slope_grid"]
 __all__ += ["plot_sign_input_histograms", "prediction_table", "mode_colors", "series_colors", "plot_variance_prediction", "plot_predicted_vs_measured", "plot_unitwise_ratios", "plot_run_comparison", "plot_seed_bands"]
 
 

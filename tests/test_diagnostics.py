@@ -477,6 +477,18 @@ def test_beta_schedule_table_holds_both_schedules_and_the_prediction():
     assert table.loc[12, D.PREDICTED_INPUT_VAR] == pytest.approx(1.40)
 
 
+def test_readable_beta_table_names_the_multipliers_and_adds_beta():
+    from bnn_helpers.models.reactnet_a import STRIDES
+    table = D.beta_schedule_table(STRIDES, 0.2)
+    shown = D.readable_beta_table(table)
+    assert list(shown.columns) == ["stride", "1/β₁ published", "1/β₁ nf", "1/β₂ published", "1/β₂ nf",
+                                   "β₁ published", "β₁² published"]
+    assert shown["1/β₂ nf"].tolist() == table["beta2 nf"].tolist()
+    assert np.allclose(shown["β₁ published"] * table["beta1 published"], 1.0)
+    assert np.allclose(shown["β₁² published"], shown["β₁ published"] ** 2)
+    assert (shown["β₁ published"] >= 1).all()
+
+
 def test_unitwise_summary_counts_units_and_the_share_above_lambda():
     ratios = pd.DataFrame({"kind": ["b", "a", "b", "b"], "ratio": [0.01, 5.0, 0.03, 0.05]})
     table = D.unitwise_summary(ratios, clip_factor=0.02)

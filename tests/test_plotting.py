@@ -524,3 +524,16 @@ def test_plot_evaluation_bars_wraps_group_labels():
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["bn, step 1, trained\nat batch 4", "bf"]
     plt.close(fig)
+
+
+def test_plot_slope_grid_colours_s025_like_the_prelu_toy():
+    x = np.arange(4)
+    grid = pd.concat([P.prediction_table(x, 1 + 0.04 * x, {f"trunk slope s = {s:g}": 0.5 + 0 * x for s in (0.25, 1.0)},
+                                         panel=f"α = {a:g}", prediction="predicted 1 + l·α²") for a in (0.1, 0.2)])
+    fig = P.plot_slope_grid(grid, title="grid")
+    assert len(fig.axes) == 2 and all(ax.get_yscale() == "linear" for ax in fig.axes)
+    prelu = P.series_colors(["identity toy", "PReLU toy"])["PReLU toy"]
+    lines = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
+    assert matplotlib.colors.same_color(lines["trunk slope s = 0.25"], prelu)
+    assert matplotlib.colors.same_color(lines["trunk slope s = 1"], "C9")
+    plt.close(fig)
