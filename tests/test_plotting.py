@@ -524,3 +524,13 @@ def test_plot_evaluation_bars_wraps_group_labels():
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["bn, step 1, trained\nat batch 4", "bf"]
     plt.close(fig)
+
+
+def test_agc_comparison_style_draws_with_plot_run_comparison(tmp_path):
+    style = P.agc_comparison_style()
+    assert style["styles"]["no AGC"] == "--" and style["chance"] == 10
+    fig = P.plot_run_comparison({"p": {"AGC λ = 0.02": write_run(tmp_path / "a", epochs=(1, 2)),
+                                       "no AGC": tmp_path / "stopped"}}, **style)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("diverged before epoch 1 ended" in t for t in texts)
+    plt.close(fig)
