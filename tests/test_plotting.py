@@ -536,4 +536,13 @@ def test_plot_slope_grid_colours_s025_like_the_prelu_toy():
     lines = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
     assert matplotlib.colors.same_color(lines["trunk slope s = 0.25"], prelu)
     assert matplotlib.colors.same_color(lines["trunk slope s = 1"], "C9")
+
+
+def test_agc_comparison_style_draws_with_plot_run_comparison(tmp_path):
+    style = P.agc_comparison_style()
+    assert style["styles"]["no AGC"] == "--" and style["chance"] == 10
+    fig = P.plot_run_comparison({"p": {"AGC λ = 0.02": write_run(tmp_path / "a", epochs=(1, 2)),
+                                       "no AGC": tmp_path / "stopped"}}, **style)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("diverged before epoch 1 ended" in t for t in texts)
     plt.close(fig)
