@@ -111,10 +111,8 @@ __all__ = [
     "init_signal_readings",
     "sign_window_readings",
     "block_and_logits",
-    "logit_variance_by_state",
     "step2_start",
     "evaluate_ways",
-    "coupling_by_mode",
     "ste_window_share",
     "ste_window_shares",
     "sign_inputs",
@@ -508,20 +506,22 @@ def signal_by_position(tables_by_label: Mapping[str, pd.DataFrame], quantity: st
 
 
 def signal_at_init_and_trained(run_dirs: Mapping[str, object], x: torch.Tensor, num_classes: int,
-                               step: int = 2, seed: int = 0) -> dict[str, pd.DataFrame]:
+                               step: int = 2, seed: int = 0, init_step: int | None = None) -> dict[str, pd.DataFrame]:
     """:func:`signal_propagation` of each run's network at initialisation and trained.
 
     ``run_dirs``: ``{name: run directory}`` of finished engine runs. For each,
-    the step-``step`` network is built from the run's ``config.yaml`` with
-    ``torch.manual_seed(seed)`` (initialisation) and loaded from its best
-    checkpoint (trained); both are measured in train mode on ``x``. Returns
+    the step-``init_step`` network (default: ``step``) is built from the run's
+    ``config.yaml`` with ``torch.manual_seed(seed)`` (initialisation) and the
+    step-``step`` network is loaded from its best checkpoint (trained); both are
+    measured in train mode on ``x``. ``init_step=1, step=2`` compares where a
+    two-step run starts (step 1 at initialisation) with where it ends. Returns
     ``{"<name> · init": table, "<name> · trained": table, ...}``.
     """
     from .checkpoints import initial_model, load_trained
 
     tables = {}
     for name, run_dir in run_dirs.items():
-        fresh = initial_model(run_dir, seed, num_classes, step)
+        fresh = initial_model(run_dir, seed, num_classes, step if init_step is None else init_step)
         tables[f"{name} · init"] = signal_propagation(fresh.train(), x)
         tables[f"{name} · trained"] = signal_propagation(load_trained(run_dir, step=step).train(), x)
     return tables
@@ -1226,22 +1226,6 @@ def block_and_logits(tables_by_label: Mapping[str, pd.DataFrame], block: str = "
     return table
 
 
-def logit_variance_by_state(start: Mapping[str, pd.DataFrame], step2: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Logit variance per mode in three states: step 1 at init, step 2 freshly built, step 2 trained.
-
-    ``start`` and ``step2``: :func:`signal_at_init_and_trained` tables (labels ``"{mode} · init"``,
-    ``"{mode} · trained"``) of the step-1 and of the step-2 networks. Returns one row per mode,
-    columns ``step 1, init`` (where training starts), ``step 2, fresh (init)`` and ``step 2, trained``.
-    """
-    def head(tables, state):
-        values = signal_by_position(tables, "avg_var").loc["head"]
-        values = values[values.index.str.endswith(f" · {state}")]
-        return values.rename(lambda label: label.split(" · ")[0])
-
-    return pd.DataFrame({"step 1, init": head(start, "init"), "step 2, fresh (init)": head(step2, "init"),
-                         "step 2, trained": head(step2, "trained")}).rename_axis("mode")
-
-
 def step2_start(runs: Mapping, summary: pd.DataFrame, x: torch.Tensor, y: torch.Tensor,
                 fresh_stats_mode: str = "bn") -> pd.DataFrame:
     """Val top-1 (%) of each mode around the moment step 2 binarizes the weights, mean over seeds.
@@ -1277,22 +1261,6 @@ def evaluate_ways(nets: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tenso
     return pd.DataFrame({name: {label: top1_accuracy(net, x, y, size, train_mode=train)
                                 for label, net in nets.items()}
                          for name, (size, train) in ways.items()}).rename_axis("network")
-
-
-def coupling_by_mode(nets: Mapping[str, nn.Module], sample: torch.Tensor, companions_a: torch.Tensor,
-                     companions_b: torch.Tensor) -> pd.DataFrame:
-    """:func:`batch_coupling` of each network in train mode and in eval mode: one row per network.
-
-    Columns ``train mode (batch stats)`` (BN normalizes with the batch's statistics) and
-    ``eval mode (running stats)``. The networks' own train/eval flags are left as they were.
-    """
-    rows = {}
-    for name, net in nets.items():
-        was_training = net.training
-        rows[name] = {"train mode (batch stats)": batch_coupling(net.train(), sample, companions_a, companions_b),
-                      "eval mode (running stats)": batch_coupling(net.eval(), sample, companions_a, companions_b)}
-        net.train(was_training)
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("mode")
 
 
 def packed_equality_table(models: dict, packs: dict, images: torch.Tensor, labels: torch.Tensor,

@@ -273,6 +273,7 @@ def plot_sign_saturation(tables_by_label: Mapping[str, pd.DataFrame], title: str
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set(xlabel="block", ylabel=ylabel, title=name)
     axes[1].axhline(0, color="0.6", linewidth=0.8)
+    axes[1].axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")   # half of the inputs inside
     axes[2].axhline(0.5, color="0.6", linewidth=0.8, linestyle=":")
     axes[-1].legend(title="network", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title or "Sign saturation per block")
@@ -436,7 +437,7 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     if chance is not None:
         # Guessing uniformly: top-1 = chance, cross-entropy = ln(classes) = ln(100 / chance).
         ax_acc.axhline(chance, color="0.35", linestyle="-.", linewidth=1, zorder=1,
-                       label=f"chance ({chance:g} %)")
+                       label=f"chance ({chance:.2g} %)")
         ax_loss.axhline(math.log(100 / chance), color="0.35", linestyle="-.", linewidth=1, zorder=1,
                         label=f"uniform guess: loss ln {100 / chance:g} = {math.log(100 / chance):.3f}")
     xlabel = "epoch (step 1, then step 2 after the dashed line)" if boundaries else "epoch"
@@ -491,14 +492,17 @@ def plot_evaluation_bars(table: pd.DataFrame, title: str | None = None, ylabel: 
 
 
 def plot_seed_bands(panels: Mapping[str, pd.DataFrame], modes=("bn", "none", "bf"), metric: str = "val_top1",
-                    ylabel: str = "validation top-1 (%)", chance: float | None = None, title: str | None = None):
+                    ylabel: str = "validation top-1 (%)", chance: float | None = None, title: str | None = None,
+                    mark_lr_zero: bool = False):
     """Mean over seeds (line) and min–max over seeds (band) per mode, one panel per table.
 
     ``panels``: ``{panel title: table}`` with columns ``mode``, ``seed``,
     ``step``, ``epoch`` and ``metric`` (``results.read_runs`` or
     ``results.load_reference_runs``). Step 2's epochs continue after step 1's,
-    behind a dashed line; ``chance`` draws a labelled grey horizontal line. Panels
-    share the y axis; one legend for all panels sits below them, clear of the data.
+    behind a dashed line; ``chance`` draws a labelled grey horizontal line.
+    ``mark_lr_zero`` shades the epochs a table's ``lr`` column has at 0 (labelled
+    "epoch at learning rate 0"). Panels share the y axis; one legend for all panels
+    sits below them, clear of the data.
     """
     if not panels:
         raise ValueError("plot_seed_bands needs at least one panel: {title: table}")
@@ -518,12 +522,19 @@ def plot_seed_bands(panels: Mapping[str, pd.DataFrame], modes=("bn", "none", "bf
             ax.fill_between(curve.min().index, curve.min(), curve.max(), color=color, alpha=0.2)
         if chance is not None:
             ax.axhline(chance, color="0.45", linewidth=1, linestyle="-.", zorder=0, label=f"chance ({chance:g} %)")
+        if mark_lr_zero and "lr" in table.columns:
+            for i, epoch in enumerate(sorted(set(x[table["lr"] == 0]))):
+                ax.axvspan(epoch - 0.5, epoch + 0.5, color="0.85", zorder=0,
+                           label="epoch at learning rate 0" if i == 0 else None)
         boundaries = [per_step + 0.5] if table["step"].nunique() > 1 else []
         _finish_axis(ax, boundaries, "epoch (step 2 after the dashed line)", ylabel, name)
         ax.get_legend().remove()
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
+    entries = {}                                   # every panel's entries, each label once
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncols=min(len(entries), 4))
     if title:
         fig.suptitle(title)
     return fig

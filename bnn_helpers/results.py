@@ -200,73 +200,83 @@ def stats_by_mode(stats: pd.DataFrame, order=None, seed=None) -> pd.DataFrame:
     return table.reindex(list(order)) if order is not None else table
 
 
-def stats_readings(by_mode: pd.DataFrame) -> pd.Series:
-    """Notebook 06's readings of the digits training statistics, each checked: ``{reading: bool}``.
+def _readings(rows) -> pd.DataFrame:
+    """``[(reading, measured text, bound text, holds)]`` -> a table indexed by reading."""
+    table = pd.DataFrame(rows, columns=["reading", "measured", "bound", "holds"]).set_index("reading")
+    table["holds"] = table["holds"].astype(bool)
+    return table
 
-    ``by_mode``: ``stats_by_mode(...)`` with rows ``bn``, ``none``, ``bf``. The bounds leave
-    margins of several times the measured differences (seeds, CPUs):
 
-    * weight signs balanced: every per-step mean and seed 0's start within (0.49, 0.51);
-    * ``none`` drifts below ½: its end balance more than 0.004 below the other modes';
-    * activation signs not balanced: every per-step mean within (0.55, 0.8);
-    * activations closest to ½ in ``none``: its highest mean below the others' lowest;
-    * step 2 flips under 1 % per optimizer step in every mode;
-    * ``bn`` and ``none`` flip alike in step 1 (ratio within 25 %), ``bf`` over 4× less;
-    * AGC clips ``bf`` < ``none`` < ``bn``, ``bn`` above 0.9, ``bf`` below 0.5.
+def stats_readings(by_mode: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 06's readings of the digits training statistics, each checked against its bound.
+
+    ``by_mode``: ``stats_by_mode(...)`` with rows ``bn``, ``none``, ``bf``. Returns one row per
+    reading with the numbers compared (``measured``), the ``bound`` they are held to and
+    ``holds`` (bool). The bounds leave margins of several times the measured differences (seeds, CPUs):
+    weight signs balanced; ``none`` drifting below ½ at the end; activation signs unbalanced and
+    closest to ½ in ``none``; under 1 % flips per step in step 2; ``bn`` and ``none`` flipping alike
+    in step 1 and ``bf`` over 4× less; AGC clipping ``bf`` < ``none`` < ``bn``.
     """
     flip1, clip = by_mode["flip_step1"], by_mode["agc_clip_share"]
     balance = by_mode[["balance_min", "balance_max", "balance_start"]]
     others = by_mode.drop("none")
-    return pd.Series({
-        "weight signs balanced (0.49-0.51)": bool(balance.min().min() > 0.49 and balance.max().max() < 0.51),
-        "none's weight signs drift below 1/2": bool(by_mode.loc["none", "balance_end"]
-                                                    < others["balance_end"].min() - 0.004),
-        "activation signs unbalanced (0.55-0.8)": bool(by_mode["act_min"].min() > 0.55
-                                                      and by_mode["act_max"].max() < 0.8),
-        "activations closest to 1/2 in none": bool(by_mode.loc["none", "act_max"] < others["act_min"].min()),
-        "step 2: under 1 % flips per step": bool((by_mode["flip_step2"] < 0.01).all()),
-        "step 1: bn and none flip alike": bool(abs(flip1["bn"] / flip1["none"] - 1) < 0.25),
-        "step 1: bf flips over 4x less": bool(min(flip1["bn"], flip1["none"]) > 4 * flip1["bf"]),
-        "AGC clips bf < none < bn (bn > 0.9, bf < 0.5)": bool(clip["bf"] < clip["none"] < clip["bn"]
-                                                              and clip["bn"] > 0.9 and clip["bf"] < 0.5)},
-        name="holds")
+    lo, hi = balance.min().min(), balance.max().max()
+    act_lo, act_hi = by_mode["act_min"].min(), by_mode["act_max"].max()
+    end_none, end_others = by_mode.loc["none", "balance_end"], others["balance_end"].min()
+    act_none, act_others = by_mode.loc["none", "act_max"], others["act_min"].min()
+    flip2 = by_mode["flip_step2"].max()
+    alike = abs(flip1["bn"] / flip1["none"] - 1)
+    fewer = min(flip1["bn"], flip1["none"]) / flip1["bf"]
+    return _readings([
+        ("weight signs balanced", f"{lo:.4f}–{hi:.4f}", "within 0.49–0.51", lo > 0.49 and hi < 0.51),
+        ("none's weight signs drift below 1/2", f"none {end_none:.4f}, others ≥ {end_others:.4f}",
+         "none < others − 0.004", end_none < end_others - 0.004),
+        ("activation signs unbalanced", f"{act_lo:.4f}–{act_hi:.4f}", "within 0.55–0.8",
+         act_lo > 0.55 and act_hi < 0.8),
+        ("activations closest to 1/2 in none", f"none ≤ {act_none:.4f}, others ≥ {act_others:.4f}",
+         "none's max < others' min", act_none < act_others),
+        ("step 2: few flips per step", f"at most {flip2:.4f}", "< 0.01", flip2 < 0.01),
+        ("step 1: bn and none flip alike", f"differ by {alike:.1%}", "< 25 %", alike < 0.25),
+        ("step 1: bf flips less", f"{fewer:.1f}× less", "> 4×", fewer > 4),
+        ("AGC clips bf < none < bn", f"{clip['bf']:.2f} < {clip['none']:.2f} < {clip['bn']:.2f}",
+         "ordered; bn > 0.9, bf < 0.5", clip["bf"] < clip["none"] < clip["bn"] and clip["bn"] > 0.9 and clip["bf"] < 0.5)])
 
 
-def saturation_readings(stream: pd.DataFrame, window: pd.DataFrame, plus: pd.DataFrame) -> pd.Series:
-    """Notebook 06's readings of sign saturation in the photo networks, each checked: ``{reading: bool}``.
+def saturation_readings(stream: pd.DataFrame, window: pd.DataFrame, plus: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 06's readings of sign saturation in the photo networks, each checked against its bound.
 
     The three tables come from ``diagnostics.signal_by_position(..., blocks_only=True)``: rows are
-    blocks 1..13, columns ``"{mode} · init"`` and ``"{mode} · trained"`` for ``bn``, ``none``, ``bf``.
+    blocks 1..13, columns ``"{mode} · init"`` (the step-1 network at initialisation, where training
+    starts) and ``"{mode} · trained"`` (step 2, trained) for ``bn``, ``none``, ``bf``.
     ``stream``: residual-stream variance after each block (``avg_var``); ``window``: share of the
     signs' shifted inputs with |x + b| < 1 (``sign_window``); ``plus``: share of +1 signs
-    (``sign_balance``). The bounds leave margins of several times the measured differences:
-
-    * the trained ``none`` stream grows over 10x from block 1 to block 11;
-    * after block 11 the trained ``none`` and ``bn`` streams are over twice ``bf``'s;
-    * the freshly built (``init``) ``none`` network has under half of its inputs in the window from
-      block 8 on (``init`` is a reference state: training starts from step 1, never from it);
-    * the trained ``none`` and ``bf`` networks have over half in the window in every block;
-    * the trained ``bn`` network has the fewest in the window (0.1 below the lowest of the other two),
-      and under half in block 13;
-    * ``bf``'s block-13 share of +1 is more than 0.2 lower trained than in the fresh network;
-    * no trained block is nearly constant: every share of +1 within (0.3, 0.9).
+    (``sign_balance``). Returns one row per reading with ``measured``, ``bound`` and ``holds``.
+    Block 11 is the last block before the reduction block 12, whose pooled shortcut lowers the variance.
     """
     trained = [f"{m} · trained" for m in ("bn", "none", "bf")]
     inside_trained = window[["none · trained", "bf · trained"]].min().min()
-    return pd.Series({
-        "trained none: stream grows >10x, block 1 to 11": bool(
-            stream.loc[11, "none · trained"] > 10 * stream.loc[1, "none · trained"]),
-        "trained none and bn: stream >2x bf's at block 11": bool(
-            stream.loc[11, ["none · trained", "bn · trained"]].min() > 2 * stream.loc[11, "bf · trained"]),
-        "fresh (init) none: < 1/2 in window from block 8": bool(window.loc[8:, "none · init"].max() < 0.5),
-        "trained none and bf: > 1/2 in window, all blocks": bool(inside_trained > 0.5),
-        "trained bn: fewest in window (by > 0.1)": bool(window["bn · trained"].min() < inside_trained - 0.1),
-        "trained bn: < 1/2 in window in block 13": bool(window.loc[13, "bn · trained"] < 0.5),
-        "bf block 13: +1 share >0.2 lower trained than init": bool(
-            plus.loc[13, "bf · trained"] < plus.loc[13, "bf · init"] - 0.2),
-        "no trained block near-constant (+1 in 0.3-0.9)": bool(
-            plus[trained].min().min() > 0.3 and plus[trained].max().max() < 0.9)},
-        name="holds")
+    growth = stream.loc[11, "none · trained"] / stream.loc[1, "none · trained"]
+    big11, bf11 = stream.loc[11, ["none · trained", "bn · trained"]].min(), stream.loc[11, "bf · trained"]
+    start_none, start_bn = window.loc[9:, "none · init"].max(), window["bn · init"].min()
+    bn_min, bn_13 = window["bn · trained"].min(), window.loc[13, "bn · trained"]
+    bf13_init, bf13 = plus.loc[13, "bf · init"], plus.loc[13, "bf · trained"]
+    p_lo, p_hi = plus[trained].min().min(), plus[trained].max().max()
+    return _readings([
+        ("trained none: stream grows, block 1 to 11", f"{growth:.1f}×", "> 10×", growth > 10),
+        ("trained none and bn vs bf: stream at block 11", f"≥ {big11:.1f} vs {bf11:.1f}", "> 2× bf's",
+         big11 > 2 * bf11),
+        ("start none: in window, blocks 9-13", f"at most {start_none:.2f}", "< 0.5", start_none < 0.5),
+        ("start bn: in window, lowest block", f"{start_bn:.2f}", f"< start none's {window['none · init'].min():.2f}",
+         start_bn < window["none · init"].min()),
+        ("trained none and bf: in window, every block", f"at least {inside_trained:.2f}", "> 0.5",
+         inside_trained > 0.5),
+        ("trained bn: in window, lowest block", f"{bn_min:.2f}", f"< {inside_trained:.2f} − 0.1",
+         bn_min < inside_trained - 0.1),
+        ("trained bn: in window, block 13", f"{bn_13:.2f}", "< 0.5", bn_13 < 0.5),
+        ("bf block 13: share of +1, start → trained", f"{bf13_init:.2f} → {bf13:.2f}", "drops by > 0.2",
+         bf13 < bf13_init - 0.2),
+        ("trained blocks: share of +1", f"{p_lo:.2f}–{p_hi:.2f}", "within 0.3–0.9 (none constant)",
+         p_lo > 0.3 and p_hi < 0.9)])
 
 
 def mode_gaps(accuracy: pd.DataFrame) -> pd.DataFrame:

@@ -128,8 +128,8 @@ def grid_table(runs: pd.DataFrame) -> pd.DataFrame:
 def plot_grid(runs: pd.DataFrame, modes=("bn", "none", "bf"), settings=None, title: str | None = None):
     """Best val top-1 of the last step per setting and mode.
 
-    Bars = mean over seeds with a ±1 std error bar, dots = single seeds, the mean
-    printed on each bar. ``settings`` fixes the order of the groups (default: as
+    Bars = mean over seeds with a ±1 std error bar and one dot per seed (both only
+    where a bar has several seeds), the mean printed on each bar. ``settings`` fixes the order of the groups (default: as
     they appear in ``runs``).
     """
     import matplotlib.pyplot as plt
@@ -152,7 +152,8 @@ def plot_grid(runs: pd.DataFrame, modes=("bn", "none", "bf"), settings=None, tit
             std = vals.std(ddof=1) if len(vals) > 1 else None   # one seed: no error bar at all
             ax.bar(x, vals.mean(), width * 0.9, yerr=std, capsize=3, color=color,
                    label=mode if i == 0 else None)
-            ax.plot([x] * len(vals), vals, "k.", ms=4)
+            if len(vals) > 1:                                  # one seed: the bar is the seed, no dot on it
+                ax.plot([x] * len(vals), vals, "k.", ms=4)
             ax.text(x, 3, f"{vals.mean():.0f}", ha="center", va="bottom", fontsize=8, color="white")
     ax.set_xticks(range(len(settings)), settings)
     ax.set_xlabel("optimizer and learning rate")
@@ -162,7 +163,7 @@ def plot_grid(runs: pd.DataFrame, modes=("bn", "none", "bf"), settings=None, tit
     seeds = runs.groupby(["setting", "mode"])["seed"].nunique()
     per_bar = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
     ax.set_title(title or f"{runs['run'].nunique()} runs, {per_bar} seed(s) per bar: "
-                 "mean, ± std where a bar has several seeds, dots = seeds")
+                 "mean; ± std and dots (seeds) where a bar has several seeds")
     return fig
 
 

@@ -113,6 +113,22 @@ def test_seed_bands_have_one_legend_outside_the_panels_with_the_chance_line():
     assert "chance (10 %)" in labels and len(labels) == 3           # once, not once per panel
 
 
+def test_seed_bands_shade_the_epochs_at_learning_rate_zero():
+    rows = [{"mode": "bn", "seed": 0, "step": step, "epoch": e, "val_top1": 20.0 * e, "lr": 0.0 if e == 2 else 1e-3}
+            for step in (1, 2) for e in (1, 2)]
+    fig = P.plot_seed_bands({"only": pd.DataFrame(rows)}, modes=("bn",), mark_lr_zero=True)
+    spans = [p for p in fig.axes[0].patches]
+    assert len(spans) == 2                                          # epochs 2 and 4 (step 2's second)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels.count("epoch at learning rate 0") == 1
+
+
+def test_sign_saturation_marks_half_inside_the_window():
+    table = sp_table().assign(sign_balance1=[np.nan, 0.6, 0.7, np.nan])
+    fig = P.plot_sign_saturation({"none · init": table})
+    assert any(list(l.get_ydata()) == [0.5, 0.5] for l in fig.axes[1].lines)
+
+
 def test_image_grid_one_titled_panel_per_image():
     fig = P.plot_image_grid(torch.zeros(5, 8, 8), [f"label {i}" for i in range(5)], ncols=3, cmap="gray_r",
                             title="five")
@@ -142,31 +158,33 @@ def test_stats_readings_hold_on_notebook_06s_numbers_and_fail_when_one_does_not(
                             "act_min": [0.7061, 0.6019, 0.7060], "act_max": [0.7091, 0.6061, 0.7240],
                             "agc_clip_share": [0.9886, 0.7925, 0.1236]}, index=["bn", "none", "bf"])
     readings = stats_readings(by_mode)
-    assert readings.all() and len(readings) == 8
-    broken = by_mode.assign(flip_step1=[0.0064, 0.0064, 0.0030])          # bf flips only about 2x less
-    assert not stats_readings(broken)["step 1: bf flips over 4x less"]
-    assert stats_readings(broken).drop("step 1: bf flips over 4x less").all()
+    assert readings["holds"].all() and len(readings) == 8
+    assert list(readings.columns) == ["measured", "bound", "holds"]
+    assert readings.loc["step 1: bf flips less", "measured"] == "6.4× less"
+    broken = stats_readings(by_mode.assign(flip_step1=[0.0064, 0.0064, 0.0030]))   # bf flips only about 2x less
+    assert not broken.loc["step 1: bf flips less", "holds"]
+    assert broken["holds"].drop("step 1: bf flips less").all()
 
 
 def test_saturation_readings_hold_on_notebook_06s_numbers_and_fail_when_one_does_not():
     blocks = pd.RangeIndex(1, 14, name="block")
     def table(**columns):   # constant per column, with the values notebook 06 measured where it matters
         return pd.DataFrame({k: np.full(13, v, dtype=float) for k, v in columns.items()}, index=blocks)
-    stream = table(**{"bn · init": 2.0, "bn · trained": 1.5, "none · init": 0.07, "none · trained": 0.95,
-                      "bf · init": 0.09, "bf · trained": 0.27})
-    stream.loc[11] = [103.6, 10.8, 1.4, 17.0, 0.09, 2.9]
-    window = table(**{"bn · init": 0.6, "bn · trained": 0.39, "none · init": 0.29, "none · trained": 0.61,
+    stream = table(**{"bn · init": 1.2, "bn · trained": 1.5, "none · init": 0.3, "none · trained": 0.95,
+                      "bf · init": 0.12, "bf · trained": 0.27})
+    stream.loc[11] = [6.7, 10.8, 0.9, 17.0, 0.14, 2.9]
+    window = table(**{"bn · init": 0.18, "bn · trained": 0.39, "none · init": 0.41, "none · trained": 0.61,
                       "bf · init": 0.96, "bf · trained": 0.67})
-    window.loc[:7, "none · init"] = 0.8                      # saturated from block 8 on only
+    window.loc[:8, "none · init"] = 0.8                      # below half from block 9 on only
     plus = table(**{"bn · init": 0.6, "bn · trained": 0.6, "none · init": 0.6, "none · trained": 0.5,
                     "bf · init": 0.6, "bf · trained": 0.62})
-    plus.loc[13, "bf · init"] = 0.96
+    plus.loc[13, "bf · init"] = 0.95
     readings = saturation_readings(stream, window, plus)
-    assert readings.all() and len(readings) == 8
-    broken = window.assign(**{"none · trained": 0.45})         # trained none saturated too
-    failed = saturation_readings(stream, broken, plus)
-    assert not failed["trained none and bf: > 1/2 in window, all blocks"]
-    assert failed[[k for k in failed.index if "stream" in k or "+1" in k]].all()
+    assert readings["holds"].all() and len(readings) == 9
+    assert readings.loc["trained none: stream grows, block 1 to 11", "measured"] == "17.9×"
+    failed = saturation_readings(stream, window.assign(**{"none · trained": 0.45}), plus)   # trained none saturated
+    assert not failed.loc["trained none and bf: in window, every block", "holds"]
+    assert failed["holds"][[k for k in failed.index if "stream" in k or "+1" in k]].all()
 
 
 def two_step_summary():
@@ -197,20 +215,16 @@ def test_first_above_returns_epoch_and_value_or_nan():
     assert np.isnan(epoch) and np.isnan(value)
 
 
-def test_block_and_logits_and_logit_variance_by_state():
-    from bnn_helpers.diagnostics import block_and_logits, logit_variance_by_state
+def test_block_and_logits_one_row_per_table():
+    from bnn_helpers.diagnostics import block_and_logits
 
     def table(scale):
         return pd.DataFrame({"name": ["stem", "block13", "head"], "avg_sq_mean": [1.0, 2 * scale, 0.0],
                              "avg_var": [1.0, 3 * scale, 5 * scale], "branch_var": [0.0, scale, np.nan]})
     step2 = {"bn · init": table(1.0), "bn · trained": table(2.0)}
-    start = {"bn · init": table(0.5), "bn · trained": table(4.0)}
     rows = block_and_logits(step2)
     assert list(rows.index) == ["bn · init", "bn · trained"]
     assert rows.loc["bn · trained", "avg_var"] == 6.0 and rows.loc["bn · init", "logit variance"] == 5.0
-    states = logit_variance_by_state(start, step2)
-    assert states.loc["bn"].tolist() == [2.5, 5.0, 10.0]
-    assert list(states.columns) == ["step 1, init", "step 2, fresh (init)", "step 2, trained"]
 
 
 def test_evaluate_ways_one_row_per_network_one_column_per_way():
@@ -241,15 +255,3 @@ def test_step2_start_means_over_seeds(monkeypatch):
     assert list(table.index) == ["bn", "bf"]
     assert table.loc["bn", "step 1 best"] == 24.5 and table.loc["bf", "after 1 epoch of step 2"] == 92.5
     assert table.loc["bn", "binarized, eval mode"] == 50.0 and np.isnan(table.loc["bf", "binarized, train-mode BN"])
-
-
-def test_coupling_by_mode_bn_couples_in_train_mode_only():
-    from bnn_helpers.diagnostics import coupling_by_mode
-    torch.manual_seed(0)
-    bn = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-    plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    x = torch.randn(9, 3)
-    table = coupling_by_mode({"bn": bn, "plain": plain}, x[:1], x[1:5], 3 * x[5:9])
-    assert list(table.columns) == ["train mode (batch stats)", "eval mode (running stats)"]
-    assert table.loc["bn", "train mode (batch stats)"] > 0.01 and table.loc["bn", "eval mode (running stats)"] < 1e-6
-    assert table.loc["plain"].max() < 1e-6 and bn.training   # the network's own flag is restored

@@ -88,3 +88,5 @@ def test_plot_grid_draws_error_bars_only_for_bars_with_several_seeds():
     assert len(bars) == len(seeds)
     with_bars = sum(c.errorbar is not None for c in bars)
     assert with_bars == int((seeds > 1).sum()) and 0 < with_bars < len(bars)
+    dots = [l for l in fig.axes[0].lines if l.get_marker() == "."]
+    assert len(dots) == with_bars                                 # seed dots only on bars with several seeds
