@@ -395,7 +395,7 @@ def _with_progress(table: pd.DataFrame, within: str) -> tuple[pd.DataFrame, list
 
 def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | None = None,
                          loss_band: float | None = None, loss_title: str | None = None,
-                         legend: str = "panels"):
+                         legend: str = "panels", legend_loc: str | Mapping[str, str] | None = None):
     """Top-1 and loss per epoch (train dotted with × markers, on top; validation solid) for one or more runs.
 
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
@@ -411,7 +411,9 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     ``loss_title`` replaces the loss panel's title (e.g. to say which loss the
     train and val lines are, when training used distillation). ``legend``:
     ``"panels"`` gives each panel its own legend; ``"right"`` draws one legend
-    for both panels right of them, clear of the curves.
+    for both panels right of them, clear of the curves. ``legend_loc`` (with
+    ``"panels"``): where each panel's legend goes, a matplotlib ``loc`` for both
+    or ``{"top1": loc, "loss": loc}`` (default: matplotlib's choice).
     """
     if loss_band is not None and (chance is None or loss_band <= 0):
         raise ValueError("loss_band needs chance and a positive width (nats)")
@@ -455,6 +457,10 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
                     title=f"Loss (zoomed to ln {100 / chance:g} ± {loss_band:g} nats)")
     if loss_title is not None:
         ax_loss.set_title(loss_title)
+    if legend == "panels" and legend_loc is not None:
+        locs = legend_loc if isinstance(legend_loc, Mapping) else {"top1": legend_loc, "loss": legend_loc}
+        for ax, metric in ((ax_acc, "top1"), (ax_loss, "loss")):
+            ax.legend(loc=locs.get(metric, "best"))
     if legend == "right":             # one legend for both panels (runs, then each panel's reference line)
         handles = {}
         for ax in (ax_acc, ax_loss):
@@ -563,7 +569,7 @@ _MIN_BALANCE_SPAN = 0.02
 def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[str] | None = None,
                         colors: Mapping[str, object] | None = None,
                         linestyles: Mapping[str, str] | None = None, legend: bool = True,
-                        epoch_steps: int | None = None):
+                        epoch_steps: int | None = None, ylabels: Mapping[str, str] | None = None):
     """Flip ratio, weight/activation sign balance and AGC clipped share over training.
 
     Reads ``stats.csv`` of each run (written by ``diagnostics.StatsRecorder``);
@@ -583,6 +589,8 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
     ``legend=False`` draws no legend (one run whose name the title already gives).
     ``epoch_steps`` (optimizer steps per epoch, counted from 1) draws a thin dotted
     grey line at every epoch boundary (x = k·epoch_steps + 0.5) and says so in the x label.
+    ``ylabels`` (``{column: y label}``) replaces some panels' y labels, e.g.
+    ``{"flip_ratio": "share of weight signs flipped per optimizer step"}``.
     """
     known = [c for c, *_ in _STATS_PANELS]
     unknown = set(columns or ()) - set(known)
@@ -620,7 +628,7 @@ def plot_training_stats(run_dirs, title: str | None = None, columns: Sequence[st
             for x in np.arange(epoch_steps, last, epoch_steps) + 0.5:
                 ax.axvline(x, color="0.55", linestyle=":", linewidth=1, zorder=1)
             xlabel += f" (dotted: epoch boundaries, every {epoch_steps})"
-        _finish_axis(ax, boundaries, xlabel, ylabel, name)
+        _finish_axis(ax, boundaries, xlabel, (ylabels or {}).get(column, ylabel), name)
         ax.get_legend().remove()          # one legend for all panels, clear of the curves
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if len(panels) == 1:               # one title (the figure's), the legend below the panel
@@ -646,8 +654,10 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     each backward is (its integral from 0) – the surrogate the estimator
     pretends to differentiate. Right: the backward ``d out / d x``. One legend
     (one colour per estimator, its entry showing the broken left-panel and the
-    solid right-panel line) sits below both panels, off the region
-    ``|x| < 1`` where the estimators differ.
+    solid right-panel line; its title says so once) sits below both panels, off
+    the region ``|x| < 1`` where the estimators differ. Later estimators are
+    drawn thinner and on top (higher zorder), so where curves coincide (e.g.
+    ApproxSign on the clipped STE for ``|x| > 1``) the thin one stays visible.
     """
     grid = torch.linspace(-x_range, x_range, points, dtype=torch.float64)
     fig, (ax_fwd, ax_bwd) = _figure(2)
@@ -656,7 +666,7 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     zero = int(torch.argmin(grid.abs()))
     labels = {"identity": "identity", "ste": "clipped (sign_ste)", "approx": "ApproxSign (sign_approx)"}
     widths = np.linspace(3.6, 2.2, len(ESTIMATORS))   # later curves thinner: coinciding ones stay visible
-    for (name, fn), color, width in zip(ESTIMATORS.items(), _colors(len(ESTIMATORS)), widths):
+    for rank, ((name, fn), color, width) in enumerate(zip(ESTIMATORS.items(), _colors(len(ESTIMATORS)), widths)):
         x = grid.clone().requires_grad_(True)
         out = fn(x)
         if not torch.equal(out.detach(), torch.sign(grid)):
@@ -666,8 +676,8 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
         # Trapezoid integral of the backward, anchored at 0.
         integral = np.concatenate([[0.0], np.cumsum((grad[1:] + grad[:-1]) * dx / 2)])
         ax_fwd.plot(grid, integral - integral[zero], color=color, linestyle="--", linewidth=width,
-                    label=f"{labels.get(name, name)}: ∫ backward")
-        ax_bwd.plot(grid, grad, color=color, linewidth=width, label=labels.get(name, name))
+                    label=f"{labels.get(name, name)}: ∫ backward", zorder=3 + rank)
+        ax_bwd.plot(grid, grad, color=color, linewidth=width, label=labels.get(name, name), zorder=3 + rank)
     ax_fwd.set_title("Forward: sign (black) and, dashed, the surrogate\neach backward implies (its integral from 0)")
     ax_fwd.set_ylabel("output (dimensionless)")
     ax_bwd.set_title("Backward: gradient passed to x")
@@ -679,9 +689,10 @@ def plot_estimators(x_range: float = 2.0, points: int = 801):
     sign_line, surrogates = ax_fwd.get_lines()[0], ax_fwd.get_lines()[1:]
     handles = [sign_line] + [(fwd, bwd) for fwd, bwd in zip(surrogates, ax_bwd.get_lines())]
     # "broken line": the short legend handle cuts a dash pattern into what can look like dash-dot.
-    names = [sign_line.get_label()] + [f"{bwd.get_label()} (left: broken line, right: solid)" for bwd in ax_bwd.get_lines()]
+    names = [sign_line.get_label()] + [bwd.get_label() for bwd in ax_bwd.get_lines()]
     fig.legend(handles, names, loc="outside lower center", ncols=2, frameon=False,
-               handler_map={tuple: HandlerTuple(ndivide=None, pad=0.6)}, handlelength=4.0)
+               title="each estimator: broken line = surrogate (left panel), solid line = backward (right panel)",
+               title_fontsize="small", handler_map={tuple: HandlerTuple(ndivide=None, pad=0.6)}, handlelength=4.0)
     fig.suptitle("Sign estimators (straight-through variants)")
     return fig
 

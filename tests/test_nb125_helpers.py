@@ -142,12 +142,17 @@ def test_estimator_legend_sits_below_both_panels():
     fig.canvas.draw()
     assert all(ax.get_legend() is None for ax in fig.axes)   # inside, a legend would cover |x| < 1
     (legend,) = fig.legends
-    styles = " (left: broken line, right: solid)"   # each estimator's entry pairs its two panels' line styles
-    assert [t.get_text() for t in legend.get_texts()] == ["sign(x) (forward)", "identity" + styles,
-                                                          "clipped (sign_ste)" + styles, "ApproxSign (sign_approx)" + styles]
+    # each estimator's entry pairs its two panels' line styles; the legend title explains them once
+    assert [t.get_text() for t in legend.get_texts()] == ["sign(x) (forward)", "identity",
+                                                          "clipped (sign_ste)", "ApproxSign (sign_approx)"]
+    assert "broken line = surrogate" in legend.get_title().get_text()
     forward, backward = fig.axes
     assert all(line.get_linestyle() == "--" for line in forward.lines[1:])
     assert all(line.get_linestyle() == "-" for line in backward.lines)
+    # later (thinner) estimators on top: ApproxSign stays visible where it lies on the clipped STE (|x| > 1)
+    for ax in (forward, backward):
+        orders = [line.get_zorder() for line in ax.lines[-len(backward.lines):]]
+        assert orders == sorted(orders) and len(set(orders)) == len(orders)
     top = legend.get_window_extent().y1
     assert all(top < ax.xaxis.label.get_window_extent().y0 for ax in fig.axes)
 

@@ -253,3 +253,23 @@ def test_loader_provisioning_rounds_up_and_compares_with_the_workers():
     assert table["loaders per GPU"].tolist() == ["3–8", "10–30"]
     assert table["workers=8 enough"].tolist() == [True, False]
     assert table["CPUs per 8-GPU node (max)"].tolist() == [72, 248] and table["within 96 CPUs"].tolist() == [True, False]
+
+
+def test_accuracy_curves_legend_loc_places_each_panels_legend(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    pd.DataFrame([{"epoch": e, "step": s, "train_loss": 2.3, "train_top1": 10.0, "val_loss": 2.31,
+                   "val_top1": 11.0} for s in (1, 2) for e in (1, 2)]).to_csv(folder / "summary.csv", index=False)
+    fig = P.plot_accuracy_curves({"": folder}, chance=10, loss_band=0.5, legend_loc="lower left")
+    assert not fig.legends and all(ax.get_legend()._loc == 3 for ax in fig.axes)   # 3: "lower left"
+    styles = [[h.get_linestyle() for h in ax.get_legend().legend_handles] for ax in fig.axes]
+    assert all(len(set(s)) == len(s) for s in styles)                               # distinct styles per legend
+    fig = P.plot_accuracy_curves({"": folder}, chance=10, legend_loc={"top1": "upper right"})
+    assert fig.axes[0].get_legend()._loc == 1 and fig.axes[1].get_legend()._loc == 0   # the other keeps "best"
+
+
+def test_training_stats_ylabels_replace_some_panels_labels(tmp_path):
+    label = "share of weight signs flipped per optimizer step"
+    fig = P.plot_training_stats(_stats_run(tmp_path / "run", 0.5), ylabels={"flip_ratio": label})
+    assert fig.axes[0].get_ylabel() == label
+    assert fig.axes[1].get_ylabel() == "share of +1 weights"                         # the others keep theirs
