@@ -401,7 +401,9 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     ``run_dirs``: a path, a list of paths (labelled by folder name) or
     ``{label: path}``; each holds ``summary.csv``. A single run given as
     ``{"": path}`` gets the plain labels "val" and "train" (describe it in
-    ``title``). Epochs are counted across
+    ``title``). A label that starts with a mode (``"bf"``, ``"bn (seed 0)"``) gets
+    that mode's colour, as everywhere in the series; other labels take the palette
+    in order. Epochs are counted across
     both steps; a dashed grey line marks where step 2 begins. ``chance``: top-1
     of guessing (100 / classes, in %), drawn as a labelled line on the accuracy
     panel so a run near it reads as "learned nothing (yet)", and the
@@ -423,7 +425,7 @@ def plot_accuracy_curves(run_dirs, title: str | None = None, chance: float | Non
     fig, (ax_acc, ax_loss) = _figure(2)
     runs = _runs(run_dirs)
     boundaries = set()
-    for (label, run), color in zip(runs.items(), _colors(len(runs))):
+    for (label, run), color in zip(runs.items(), _label_colors(runs)):
         table = _read(run, "summary.csv", columns)
         # A resumed run may repeat epochs: keep the last row of each.
         table = table.drop_duplicates(["step", "epoch"], keep="last").sort_values(["step", "epoch"])

@@ -2,6 +2,7 @@
 ranges and labels, flip reports, train-mode dependence, tampered files, op differences."""
 import math
 
+import matplotlib.colors
 import numpy as np
 import pandas as pd
 import pytest
@@ -273,3 +274,15 @@ def test_training_stats_ylabels_replace_some_panels_labels(tmp_path):
     fig = P.plot_training_stats(_stats_run(tmp_path / "run", 0.5), ylabels={"flip_ratio": label})
     assert fig.axes[0].get_ylabel() == label
     assert fig.axes[1].get_ylabel() == "share of +1 weights"                         # the others keep theirs
+
+
+def test_accuracy_curves_colour_a_mode_label_by_its_mode(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    pd.DataFrame([{"epoch": e, "step": 1, "train_loss": 2.3, "train_top1": 10.0, "val_loss": 2.31,
+                   "val_top1": 11.0} for e in (1, 2)]).to_csv(folder / "summary.csv", index=False)
+    green = matplotlib.colors.to_hex(P.mode_colors()["bf"])
+    line = P.plot_accuracy_curves({"bf": folder}).axes[0].lines[0]
+    assert matplotlib.colors.to_hex(line.get_color()) == green
+    line = P.plot_accuracy_curves({"": folder}).axes[0].lines[0]           # no mode: the palette's first colour
+    assert matplotlib.colors.to_hex(line.get_color()) != green
