@@ -1327,11 +1327,11 @@ def agc_comparison_style() -> dict:
     """Keyword arguments for :func:`plot_run_comparison` in notebook 04's AGC figures.
 
     Labels as ``results.panel_runs`` gives them (``"AGC λ = 0.02"``, ``"no AGC"``): chance
-    at 10 % (ten classes), ``"no AGC"`` dashed, λ = 0.04 and 0.16 in colours far from
-    ``"no AGC"``'s orange, and a run without AGC that never finished an epoch named in its
-    panel ("diverged before epoch 1 ended") instead of an empty legend entry.
+    at 10 % (ten classes, grey), ``"no AGC"`` dashed, λ = 0.04 and 0.16 in colours other
+    than ``"no AGC"``'s orange and the chance line's grey (λ = 0.16 ends on the chance
+    line), and a run without AGC that never finished an epoch named in its panel ("diverged before epoch 1 ended") instead of an empty legend entry.
     """
-    return dict(chance=10, styles={"no AGC": "--"}, colors={"AGC λ = 0.04": "C4", "AGC λ = 0.16": "k"},
+    return dict(chance=10, styles={"no AGC": "--"}, colors={"AGC λ = 0.04": "C4", "AGC λ = 0.16": "C3"},
                 unfinished_notes={"no AGC": "diverged before epoch 1 ended"})
 
 

@@ -541,6 +541,7 @@ def test_plot_slope_grid_colours_s025_like_the_prelu_toy():
 def test_agc_comparison_style_draws_with_plot_run_comparison(tmp_path):
     style = P.agc_comparison_style()
     assert style["styles"]["no AGC"] == "--" and style["chance"] == 10
+    assert style["colors"]["AGC λ = 0.16"] not in ("k", "black", "grey", "gray", "C7")   # visible on the chance line
     fig = P.plot_run_comparison({"p": {"AGC λ = 0.02": write_run(tmp_path / "a", epochs=(1, 2)),
                                        "no AGC": tmp_path / "stopped"}}, **style)
     texts = [t.get_text() for t in fig.axes[0].texts]
