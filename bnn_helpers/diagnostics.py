@@ -427,8 +427,8 @@ def coupling_table(models: Mapping[str, nn.Module], sample: torch.Tensor, compan
     """:func:`batch_coupling` of several networks in train and in eval mode.
 
     Returns rows ``"train mode"``, ``"eval mode"`` and one column per entry of
-    ``models``. Each network is measured on a copy; its own train/eval flag is
-    restored afterwards.
+    ``models``. Each network is switched to each mode in turn; its own train/eval
+    flag is restored afterwards.
     """
     table = pd.DataFrame(index=["train mode", "eval mode"], columns=list(models), dtype=float)
     for label, model in models.items():
@@ -1148,7 +1148,6 @@ def readable_beta_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-
 def init_signal_readings(tables: Mapping[str, Mapping[str, pd.DataFrame]], photos: str = "photos",
                          noise: str = "N(0,1) noise", deep_from: int = 5, positive_from: int = 4) -> pd.Series:
     """Notebook 05's readings of the fresh networks' signal tables, as named numbers.
@@ -1207,8 +1206,6 @@ def sign_window_readings(seen: Mapping[str, Mapping[str, object]], photos: str =
             (spike.loc[bn, mid] / window.loc[bn, mid]).min().min()),
         f"bn on photos, blocks {mid_from}+: largest window − spike share": float(
             (window.loc[bn[0], mid] - spike.loc[bn[0], mid]).max())})
-
-
 
 
 # --------------------------------------------------------------------------

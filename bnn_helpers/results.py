@@ -578,14 +578,6 @@ def agc_sweep_readings(grids: Mapping[str, pd.DataFrame], lam: str, stable=("ada
         "paper's λ: largest mean clipped share": float(at_lam.max())})
 
 
-if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
-    import sys
-
-    if len(sys.argv) not in (3, 4):
-        sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
-    print(collect_run(*sys.argv[1:]))
-
-
 def mode_progress(summary: pd.DataFrame, order=None) -> pd.DataFrame:
     """How far each mode got in a set of two-step runs, one row per mode (notebook 06, section 3).
 
@@ -615,3 +607,11 @@ def first_above(per_epoch: pd.Series, threshold: float) -> tuple:
     """
     above = per_epoch[per_epoch > threshold]
     return (above.index[0], above.iloc[0]) if len(above) else (np.nan, np.nan)
+
+
+if __name__ == "__main__":  # python -m bnn_helpers.results RUN_DIR NAME [SET]
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m bnn_helpers.results RUN_DIR NAME [SET]")
+    print(collect_run(*sys.argv[1:]))
